@@ -1,0 +1,199 @@
+// `cluscomp compress`: load, cluster (or RTN), export, and optionally evaluate.
+import { existsSync } from "node:fs";
+import { fileURLToPath } from "node:url";
+import type { ClusterSettings, MatrixSettings } from "../cluster/plan.ts";
+import { UserError } from "../errors.ts";
+import { LINEAR_KINDS, type LinearKind } from "../io/config.ts";
+import { compress, type CompressSettings } from "../pipeline/compress.ts";
+import { Progress } from "../pipeline/progress.ts";
+import { bytesFlag, intFlag, numberFlag, parseFlags } from "./args.ts";
+
+export const COMPRESS_HELP =
+  `cluscomp compress: ClusComp (or RTN) compression of a Llama-family model
+
+Usage: deno task compress [--model DIR --out DIR] (--bits B | --d D --n N) [options]
+
+With no arguments: compresses the stories260K fixture in ../shared at 3 bits per weight and
+prints the perplexity of the original and compressed model on WikiText-2 (64 windows of 128).
+
+  --model DIR            Hugging Face Llama-family folder
+  --out DIR              compressed folder to write (written whole at the end, atomically)
+  --work DIR             work directory with per-block checkpoints (default OUT.work)
+  --method M             cluscomp (default) or rtn
+  --bits B               target bits per weight, codebook included (picks n, and d if not given);
+                         with --method rtn: the integer bit width
+  --d D, --n N           vector length and codebook size
+  --override K:d=D,n=N   per-matrix setting, K in q,k,v,o,gate,up,down (repeatable)
+  --splits S             codebooks per matrix (default 1)
+  --codebook-dtype T     f16 (default) or bf16
+  --iters I              k-means iterations (default 20)
+  --init I               random (default) or kmeans++
+  --group G              RTN group size (default 128)
+  --seed S               seed (default 0)
+  --eval-text FILE       evaluate original and compressed perplexity on FILE
+  --eval-seqlen N        window length (default 2048)
+  --eval-max-windows K   first K windows only
+  --gpu-memory SIZE      GPU memory budget for evaluation (default 2GiB)
+  --json                 print one JSON object on stdout
+  --quiet                no progress on stderr
+  -h, --help             this text
+
+A killed run resumes: run the same command again and finished blocks are not recomputed.
+`;
+
+function defaultModel(): string {
+  return fileURLToPath(new URL("../../../shared/fixtures/stories260K", import.meta.url));
+}
+
+function parseOverride(v: string): [LinearKind, MatrixSettings] {
+  const m = /^(\w+):(.+)$/.exec(v);
+  const bad = () => new UserError(`compress: --override "${v}" must look like k:d=4,n=4096`);
+  if (!m) throw bad();
+  const kind = m[1] as LinearKind;
+  if (!LINEAR_KINDS.includes(kind)) {
+    throw new UserError(
+      `compress: --override names unknown matrix "${m[1]}" (use ${LINEAR_KINDS.join(", ")})`,
+    );
+  }
+  const out: MatrixSettings = {};
+  for (const part of m[2].split(",")) {
+    const [k, val] = part.split("=");
+    if (k !== "d" && k !== "n") throw bad();
+    out[k] = intFlag("compress", val, `override ${kind}.${k}`, k === "d" ? 1 : 2);
+  }
+  return [kind, out];
+}
+
+export async function compressMain(argv: string[]): Promise<number> {
+  const cmd = "compress";
+  const { values } = parseFlags(cmd, argv, {
+    model: { type: "string" },
+    out: { type: "string" },
+    work: { type: "string" },
+    method: { type: "string" },
+    bits: { type: "string" },
+    d: { type: "string" },
+    n: { type: "string" },
+    override: { type: "string", multiple: true },
+    splits: { type: "string" },
+    "codebook-dtype": { type: "string" },
+    iters: { type: "string" },
+    init: { type: "string" },
+    group: { type: "string" },
+    seed: { type: "string" },
+    "eval-text": { type: "string" },
+    "eval-seqlen": { type: "string" },
+    "eval-max-windows": { type: "string" },
+    "gpu-memory": { type: "string" },
+    "no-finetune": { type: "boolean" },
+    json: { type: "boolean" },
+    quiet: { type: "boolean" },
+    help: { type: "boolean", short: "h" },
+  });
+  if (values.help) {
+    console.log(COMPRESS_HELP);
+    return 0;
+  }
+  const progress = new Progress(Boolean(values.quiet));
+  const noArgs = argv.filter((a) => a !== "--quiet" && a !== "--json").length === 0;
+  let model = values.model as string | undefined;
+  let out = values.out as string | undefined;
+  let bitsArg = values.bits;
+  let evalText = values["eval-text"] as string | undefined;
+  let evalSeqlen = values["eval-seqlen"];
+  let evalMax = values["eval-max-windows"];
+  if (noArgs) {
+    model = defaultModel();
+    if (!existsSync(model)) {
+      throw new UserError(
+        `compress: the default model ${model} is missing (it comes from ../shared)`,
+      );
+    }
+    out = "out/stories260K-cluscomp-3bit";
+    bitsArg = "3";
+    evalText = fileURLToPath(
+      new URL("../../../shared/data/wikitext2/wiki.test.raw", import.meta.url),
+    );
+    evalSeqlen = "128";
+    evalMax = "64";
+    progress.note(
+      "compress",
+      `no arguments: compressing the stories260K fixture (${model}) to 3 bits`,
+    );
+  }
+  if (!model) throw new UserError(`${cmd}: --model is required`);
+  if (!out) throw new UserError(`${cmd}: --out is required`);
+  const method = (values.method ?? "cluscomp") as string;
+  if (method !== "cluscomp" && method !== "rtn") {
+    throw new UserError(`${cmd}: --method must be cluscomp or rtn (got "${method}")`);
+  }
+  const dtype = (values["codebook-dtype"] ?? "f16") as string;
+  if (dtype !== "f16" && dtype !== "bf16") {
+    throw new UserError(`${cmd}: --codebook-dtype must be f16 or bf16 (got "${dtype}")`);
+  }
+  const init = (values.init ?? "random") as string;
+  if (init !== "random" && init !== "kmeans++") {
+    throw new UserError(`${cmd}: --init must be random or kmeans++ (got "${init}")`);
+  }
+  const overrides: ClusterSettings["overrides"] = {};
+  for (const o of (values.override as unknown as string[] | undefined) ?? []) {
+    const [k, v] = parseOverride(o);
+    overrides[k] = { ...overrides[k], ...v };
+  }
+  const bits = bitsArg === undefined
+    ? undefined
+    : numberFlag(cmd, bitsArg, "bits", { exclusiveMin: 0 });
+  const cluster: ClusterSettings = {
+    bits,
+    d: values.d === undefined ? undefined : intFlag(cmd, values.d, "d", 1),
+    n: values.n === undefined ? undefined : intFlag(cmd, values.n, "n", 2),
+    overrides,
+    splits: intFlag(cmd, values.splits, "splits", 1, 1),
+    codebookDtype: dtype,
+    iters: intFlag(cmd, values.iters, "iters", 1, 20),
+    seed: intFlag(cmd, values.seed, "seed", 0, 0),
+    init,
+  };
+  if (method === "rtn" && bits === undefined) {
+    throw new UserError(`${cmd}: --method rtn needs --bits`);
+  }
+  const settings: CompressSettings = {
+    model,
+    out,
+    work: (values.work as string | undefined) ?? `${out}.work`,
+    method,
+    cluster,
+    rtn: { bits: bits ?? 4, group: intFlag(cmd, values.group, "group", 1, 128) },
+    eval: evalText
+      ? {
+        text: evalText,
+        seqlen: intFlag(cmd, evalSeqlen, "eval-seqlen", 2, 2048),
+        maxWindows: evalMax === undefined
+          ? undefined
+          : intFlag(cmd, evalMax, "eval-max-windows", 1),
+      }
+      : undefined,
+    gpuBudget: bytesFlag(cmd, values["gpu-memory"], "gpu-memory", 2 ** 31),
+  };
+  if (method === "rtn" && (!Number.isInteger(bits) || bits! > 8)) {
+    throw new UserError(`${cmd}: --method rtn needs an integer --bits from 1 to 8 (got ${bits})`);
+  }
+  const r = await compress(settings, progress);
+  if (values.json) {
+    console.log(JSON.stringify(r));
+  } else {
+    console.log(`${r.method}: ${r.bits_per_weight.toFixed(4)} bits per weight -> ${r.out}`);
+    if (r.eval) {
+      const e = r.eval;
+      console.log(
+        `| model | bits/weight | ppl (${e.original.seqlen}, ${e.original.windows} windows) |`,
+      );
+      console.log(`| --- | --- | --- |`);
+      console.log(`| original | 16 | ${e.original.ppl.toFixed(4)} |`);
+      console.log(
+        `| ${r.method} | ${r.bits_per_weight.toFixed(3)} | ${e.compressed.ppl.toFixed(4)} |`,
+      );
+    }
+  }
+  return 0;
+}

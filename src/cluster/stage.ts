@@ -1,0 +1,163 @@
+// The cluster stage for one block: every linear becomes codebooks (f32 while working) and codes,
+// or RTN parts for the baseline. Returns the unit's tensors and per-matrix facts.
+import type { Gpu } from "../gpu/device.ts";
+import { type LinearKind, linearNames, type ModelConfig } from "../io/config.ts";
+import { f32ToBf16Bytes, f32ToF16Bytes } from "../io/safetensors.ts";
+import type { TensorBytes } from "../format/compressed.ts";
+import type { WeightSource } from "../model/weights.ts";
+import { kmeans } from "./kmeans.ts";
+import type { ClusterSettings, MatrixPlan } from "./plan.ts";
+import { rtnQuantize } from "./rtn.ts";
+
+export interface MatrixFacts {
+  kind: LinearKind;
+  /** Sum of squared errors of decode(encode(W)) vs W (the k-means objective). */
+  objective: number;
+  /** objective / weights. */
+  mse: number;
+  distanceEvals: number;
+  bruteForceEvals: number;
+  seconds: number;
+}
+
+/** A seed for one matrix that does not depend on the order matrices are processed in. */
+export function matrixSeed(seed: number, layer: number, kind: LinearKind): number {
+  let h = (seed ^ 0x811c9dc5) >>> 0;
+  for (const c of `${layer}:${kind}`) h = Math.imul(h ^ c.charCodeAt(0), 0x01000193) >>> 0;
+  return h;
+}
+
+export async function clusterBlock(
+  gpu: Gpu,
+  cfg: ModelConfig,
+  src: WeightSource,
+  layer: number,
+  plans: MatrixPlan[],
+  s: ClusterSettings,
+  onMatrix?: (kind: LinearKind, iter: number, objective: number) => void,
+): Promise<{ tensors: TensorBytes[]; facts: MatrixFacts[] }> {
+  const tensors: TensorBytes[] = [];
+  const facts: MatrixFacts[] = [];
+  for (const lin of linearNames(layer, cfg)) {
+    const p = plans.find((q) => q.kind === lin.kind)!;
+    const start = performance.now();
+    const wT = await src.linearT(layer, lin.kind);
+    // W^T [in, out] is row-major; vectorize wants W [out, in]: cut W^T rows directly.
+    const { x, N } = vectorizeT(wT, lin.in, lin.out, p.d);
+    const rowsPer = lin.in / p.splits;
+    const cols = Math.ceil(lin.out / p.d);
+    const perSplit = rowsPer * cols;
+    const centroids = new Float32Array(p.splits * p.n * p.d);
+    const codes = p.n <= 256 ? new Uint8Array(N) : new Uint16Array(N);
+    let objective = 0, evals = 0, brute = 0;
+    for (let sp = 0; sp < p.splits; sp++) {
+      const part = x.subarray(sp * perSplit * p.d, (sp + 1) * perSplit * p.d);
+      const r = await kmeans(gpu, part, perSplit, p.d, p.n, {
+        iters: s.iters,
+        seed: matrixSeed(s.seed, layer, lin.kind) + sp,
+        init: s.init,
+        onIter: (i, obj) => onMatrix?.(lin.kind, i, obj),
+      });
+      centroids.set(r.centroids, sp * p.n * p.d);
+      codes.set(r.codes, sp * perSplit);
+      objective += r.objective;
+      evals += r.distanceEvals;
+      brute += r.bruteForceEvals;
+    }
+    const name = lin.name.replace(/\.weight$/, "");
+    tensors.push({
+      name: `${name}.codebook`,
+      dtype: "F32",
+      shape: p.splits === 1 ? [p.n, p.d] : [p.splits, p.n, p.d],
+      data: new Uint8Array(centroids.buffer),
+    });
+    tensors.push({
+      name: `${name}.codes`,
+      dtype: p.n <= 256 ? "U8" : "U16",
+      shape: [lin.in, cols],
+      data: new Uint8Array(codes.buffer, codes.byteOffset, codes.byteLength),
+    });
+    facts.push({
+      kind: lin.kind,
+      objective,
+      mse: objective / (lin.in * lin.out),
+      distanceEvals: evals,
+      bruteForceEvals: brute,
+      seconds: (performance.now() - start) / 1000,
+    });
+  }
+  return { tensors, facts };
+}
+
+/** Cuts W^T [in, out] rows into d-vectors, zero-padding out to a multiple of d. */
+export function vectorizeT(
+  wT: Float32Array,
+  inDim: number,
+  out: number,
+  d: number,
+): { x: Float32Array; N: number } {
+  const cols = Math.ceil(out / d);
+  if (cols * d === out) return { x: wT, N: inDim * cols };
+  const x = new Float32Array(inDim * cols * d);
+  for (let r = 0; r < inDim; r++) x.set(wT.subarray(r * out, (r + 1) * out), r * cols * d);
+  return { x, N: inDim * cols };
+}
+
+/** RTN parts for one block. */
+export async function rtnBlock(
+  cfg: ModelConfig,
+  src: WeightSource,
+  layer: number,
+  bits: number,
+  group: number,
+): Promise<{ tensors: TensorBytes[]; facts: MatrixFacts[] }> {
+  const tensors: TensorBytes[] = [];
+  const facts: MatrixFacts[] = [];
+  for (const lin of linearNames(layer, cfg)) {
+    const start = performance.now();
+    const wT = await src.linearT(layer, lin.kind);
+    const w = new Float32Array(lin.out * lin.in);
+    for (let i = 0; i < lin.in; i++) {
+      for (let o = 0; o < lin.out; o++) w[o * lin.in + i] = wT[i * lin.out + o];
+    }
+    const r = rtnQuantize(w, lin.out, lin.in, bits, group);
+    const groups = Math.ceil(lin.in / group);
+    let objective = 0;
+    for (let o = 0; o < lin.out; o++) {
+      for (let i = 0; i < lin.in; i++) {
+        const g = o * groups + Math.floor(i / group);
+        const v = (r.q[o * lin.in + i] - r.zeros[g]) * r.scales[g];
+        objective += (v - w[o * lin.in + i]) ** 2;
+      }
+    }
+    const name = lin.name.replace(/\.weight$/, "");
+    tensors.push({ name: `${name}.qweight`, dtype: "U8", shape: [lin.out, lin.in], data: r.q });
+    tensors.push({
+      name: `${name}.scales`,
+      dtype: "F16",
+      shape: [lin.out, groups],
+      data: f32ToF16Bytes(r.scales),
+    });
+    tensors.push({ name: `${name}.zeros`, dtype: "U8", shape: [lin.out, groups], data: r.zeros });
+    facts.push({
+      kind: lin.kind,
+      objective,
+      mse: objective / (lin.in * lin.out),
+      distanceEvals: 0,
+      bruteForceEvals: 0,
+      seconds: (performance.now() - start) / 1000,
+    });
+  }
+  return { tensors, facts };
+}
+
+/** Converts a unit's f32 codebooks to the stored dtype for export. */
+export function storedCodebook(t: TensorBytes, dtype: "f16" | "bf16"): TensorBytes {
+  if (!t.name.endsWith(".codebook") || t.dtype !== "F32") return t;
+  const f = new Float32Array(
+    t.data.buffer.slice(t.data.byteOffset, t.data.byteOffset + t.data.byteLength),
+  );
+  return dtype === "f16"
+    ? { ...t, dtype: "F16", data: f32ToF16Bytes(f) }
+    : { ...t, dtype: "BF16", data: f32ToBf16Bytes(f) };
+}

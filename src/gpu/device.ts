@@ -1,0 +1,273 @@
+// The one place that talks to navigator.gpu: adapter, device with the adapter's limits,
+// pipeline cache, batched dispatch, upload/readback, error reporting and a byte counter.
+import { UserError } from "../errors.ts";
+
+/** A storage binding: a whole buffer or a byte range of one. */
+export interface BufferRange {
+  buffer: GPUBuffer;
+  offset?: number;
+  size?: number;
+}
+
+/** What a binding slot takes: a storage range, or u32 words for a uniform. */
+export type Binding = BufferRange | Uint32Array;
+
+const NO_ADAPTER = "No WebGPU adapter found. Without a GPU, install Mesa's Vulkan driver " +
+  "(Debian: apt-get install mesa-vulkan-drivers libvulkan1); with one, install its Vulkan driver.";
+
+/** Limits every kernel plans around. */
+export interface GpuLimits {
+  maxBinding: number;
+  maxBuffer: number;
+  align: number;
+  maxWorkgroups: number;
+  maxWorkgroupStorage: number;
+  maxStorageBuffers: number;
+}
+
+export class Gpu {
+  readonly limits: GpuLimits;
+  readonly adapterName: string;
+  readonly hasF16: boolean;
+  /** Bytes currently held by tensors made through this Gpu, and the peak. */
+  bytesLive = 0;
+  bytesPeak = 0;
+  private pipelines = new Map<string, GPUComputePipeline>();
+  private modules = new Map<string, GPUShaderModule>();
+  private encoder: GPUCommandEncoder | null = null;
+  private pending: GPUBuffer[] = [];
+  private batchKernels = new Set<string>();
+  private lostReason: string | null = null;
+
+  constructor(readonly device: GPUDevice, info: GPUAdapterInfo) {
+    const l = device.limits;
+    this.limits = {
+      maxBinding: l.maxStorageBufferBindingSize,
+      maxBuffer: l.maxBufferSize,
+      align: l.minStorageBufferOffsetAlignment,
+      maxWorkgroups: l.maxComputeWorkgroupsPerDimension,
+      maxWorkgroupStorage: l.maxComputeWorkgroupStorageSize,
+      maxStorageBuffers: l.maxStorageBuffersPerShaderStage,
+    };
+    this.adapterName = info.description || info.vendor || "unknown adapter";
+    this.hasF16 = device.features.has("shader-f16");
+    device.lost.then((e) => {
+      this.lostReason = `${e.reason}: ${e.message}`;
+    });
+  }
+
+  /** A compute pipeline, cached by shader name, entry point and override constants. */
+  pipeline(
+    name: string,
+    code: string,
+    entry: string,
+    constants: Record<string, number> = {},
+  ): GPUComputePipeline {
+    const keys = Object.keys(constants).sort();
+    const key = `${name}:${entry}:${keys.map((k) => `${k}=${constants[k]}`).join(",")}`;
+    let p = this.pipelines.get(key);
+    if (!p) {
+      let module = this.modules.get(name);
+      if (!module) {
+        module = this.device.createShaderModule({ label: name, code });
+        this.modules.set(name, module);
+      }
+      p = this.device.createComputePipeline({
+        label: `${name}.${entry}`,
+        layout: "auto",
+        compute: { module, entryPoint: entry, constants },
+      });
+      this.pipelines.set(key, p);
+    }
+    return p;
+  }
+
+  /**
+   * Records one dispatch. Bindings go to @group(0) @binding(i) in order; a Uint32Array becomes a
+   * uniform buffer. Work is submitted on flush() or readback.
+   */
+  dispatch(
+    pipeline: GPUComputePipeline,
+    bindings: Binding[],
+    workgroups: [number, number?, number?],
+  ): void {
+    this.checkLost();
+    const [x, y = 1, z = 1] = workgroups;
+    if (x === 0 || y === 0 || z === 0) return;
+    const max = this.limits.maxWorkgroups;
+    if (x > max || y > max || z > max) {
+      throw new Error(`${pipeline.label}: dispatch ${x}x${y}x${z} exceeds ${max} workgroups`);
+    }
+    if (!this.encoder) {
+      this.device.pushErrorScope("out-of-memory");
+      this.device.pushErrorScope("validation");
+      this.encoder = this.device.createCommandEncoder();
+    }
+    this.batchKernels.add(pipeline.label);
+    const entries: GPUBindGroupEntry[] = bindings.map((b, i) => {
+      if (b instanceof Uint32Array) {
+        const buf = this.device.createBuffer({
+          size: Math.max(16, Math.ceil(b.byteLength / 16) * 16),
+          usage: GPUBufferUsage.UNIFORM,
+          mappedAtCreation: true,
+        });
+        new Uint32Array(buf.getMappedRange()).set(b);
+        buf.unmap();
+        this.pending.push(buf);
+        return { binding: i, resource: { buffer: buf } };
+      }
+      return { binding: i, resource: { buffer: b.buffer, offset: b.offset ?? 0, size: b.size } };
+    });
+    const group = this.device.createBindGroup({
+      label: pipeline.label,
+      layout: pipeline.getBindGroupLayout(0),
+      entries,
+    });
+    const pass = this.encoder.beginComputePass({ label: pipeline.label });
+    pass.setPipeline(pipeline);
+    pass.setBindGroup(0, group);
+    pass.dispatchWorkgroups(x, y, z);
+    pass.end();
+  }
+
+  /** Submits recorded work and reports validation or memory errors with the kernels' names. */
+  async flush(): Promise<void> {
+    if (!this.encoder) return;
+    this.device.queue.submit([this.encoder.finish()]);
+    this.encoder = null;
+    const kernels = [...this.batchKernels].join(", ");
+    this.batchKernels.clear();
+    const validation = await this.device.popErrorScope();
+    const oom = await this.device.popErrorScope();
+    for (const b of this.pending) b.destroy();
+    this.pending = [];
+    const err = validation ?? oom;
+    if (err) throw new Error(`GPU error in kernels [${kernels}]: ${err.message}`);
+    this.checkLost();
+  }
+
+  /** Waits until the GPU has finished all submitted work. */
+  async sync(): Promise<void> {
+    await this.flush();
+    await this.device.queue.onSubmittedWorkDone();
+    this.checkLost();
+  }
+
+  createBuffer(size: number, label: string): GPUBuffer {
+    this.checkLost();
+    if (size > this.limits.maxBuffer) {
+      throw new Error(
+        `${label}: ${size} bytes exceeds the device's maxBufferSize ${this.limits.maxBuffer}`,
+      );
+    }
+    const buf = this.device.createBuffer({
+      label,
+      size: Math.max(16, Math.ceil(size / 4) * 4),
+      usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST,
+    });
+    this.bytesLive += buf.size;
+    this.bytesPeak = Math.max(this.bytesPeak, this.bytesLive);
+    return buf;
+  }
+
+  releaseBuffer(buf: GPUBuffer): void {
+    this.bytesLive -= buf.size;
+    buf.destroy();
+  }
+
+  /** Writes host data into a buffer at a byte offset (after any recorded work). */
+  async write(buf: GPUBuffer, data: ArrayBufferView, offset = 0): Promise<void> {
+    await this.flush();
+    const bytes = new Uint8Array(data.buffer as ArrayBuffer, data.byteOffset, data.byteLength);
+    // writeBuffer needs a multiple of 4 bytes.
+    if (bytes.byteLength % 4 !== 0) {
+      const padded = new Uint8Array(Math.ceil(bytes.byteLength / 4) * 4);
+      padded.set(bytes);
+      this.device.queue.writeBuffer(buf, offset, padded);
+    } else {
+      this.device.queue.writeBuffer(buf, offset, bytes);
+    }
+  }
+
+  /** Copies `size` bytes at `offset` back to the host. */
+  async read(buf: GPUBuffer, offset = 0, size = buf.size - offset): Promise<ArrayBuffer> {
+    const padded = Math.ceil(size / 4) * 4;
+    const staging = this.device.createBuffer({
+      size: padded,
+      usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+    });
+    if (!this.encoder) {
+      this.device.pushErrorScope("out-of-memory");
+      this.device.pushErrorScope("validation");
+      this.encoder = this.device.createCommandEncoder();
+    }
+    this.batchKernels.add("readback");
+    this.encoder.copyBufferToBuffer(buf, offset, staging, 0, padded);
+    await this.flush();
+    await staging.mapAsync(GPUMapMode.READ);
+    const out = staging.getMappedRange().slice(0, size);
+    staging.unmap();
+    staging.destroy();
+    this.checkLost();
+    return out;
+  }
+
+  /** Copies between buffers, recorded in order with dispatches. */
+  copy(src: GPUBuffer, srcOffset: number, dst: GPUBuffer, dstOffset: number, size: number): void {
+    if (!this.encoder) {
+      this.device.pushErrorScope("out-of-memory");
+      this.device.pushErrorScope("validation");
+      this.encoder = this.device.createCommandEncoder();
+    }
+    this.batchKernels.add("copy");
+    this.encoder.copyBufferToBuffer(src, srcOffset, dst, dstOffset, size);
+  }
+
+  private checkLost(): void {
+    if (this.lostReason) throw new Error(`GPU device lost (${this.lostReason})`);
+  }
+}
+
+let current: Promise<Gpu> | null = null;
+
+/** The process-wide Gpu: requested once, with the adapter's own limits. */
+export function getGpu(): Promise<Gpu> {
+  current ??= requestGpu();
+  return current;
+}
+
+async function requestGpu(): Promise<Gpu> {
+  if (!("gpu" in navigator) || !navigator.gpu) throw new UserError(NO_ADAPTER);
+  const adapter = await navigator.gpu.requestAdapter({ powerPreference: "high-performance" });
+  if (!adapter) throw new UserError(NO_ADAPTER);
+  const a = adapter.limits;
+  const features: GPUFeatureName[] = [];
+  if (adapter.features.has("shader-f16")) features.push("shader-f16");
+  const device = await adapter.requestDevice({
+    requiredFeatures: features,
+    requiredLimits: {
+      maxStorageBufferBindingSize: a.maxStorageBufferBindingSize,
+      maxBufferSize: a.maxBufferSize,
+      maxStorageBuffersPerShaderStage: a.maxStorageBuffersPerShaderStage,
+      maxComputeWorkgroupStorageSize: a.maxComputeWorkgroupStorageSize,
+      maxComputeInvocationsPerWorkgroup: a.maxComputeInvocationsPerWorkgroup,
+      maxComputeWorkgroupSizeX: a.maxComputeWorkgroupSizeX,
+      maxComputeWorkgroupSizeY: a.maxComputeWorkgroupSizeY,
+      maxComputeWorkgroupsPerDimension: a.maxComputeWorkgroupsPerDimension,
+    },
+  });
+  return new Gpu(device, adapter.info);
+}
+
+/** u32 bit pattern of an f32, for passing floats in a u32 params array. */
+export function f32bits(x: number): number {
+  const f = new Float32Array([x]);
+  return new Uint32Array(f.buffer)[0];
+}
+
+/** Splits n workgroups over x and y so neither exceeds the per-dimension limit. */
+export function grid(n: number, max = 65535): [number, number] {
+  if (n <= max) return [n, 1];
+  const y = Math.ceil(n / max);
+  return [Math.ceil(n / y), y];
+}

@@ -1,0 +1,64 @@
+// Rotary position embedding (HF rotate_half layout) on feature-major Q^T / K^T, with cos/sin
+// tables computed on the host from float64 angles.
+import code from "../../shaders/rope.wgsl" with { type: "text" };
+import { type BufferRange, type Gpu, grid } from "../gpu/device.ts";
+
+const WG = 64;
+
+/**
+ * cos/sin tables [T, invFreq.length] row-major for positions pos0 .. pos0 + T - 1:
+ * angle = (pos0 + t) * invFreq[d] in float64, then cos and sin rounded to f32.
+ */
+export function ropeTables(
+  invFreq: Float64Array,
+  T: number,
+  pos0 = 0,
+): { cos: Float32Array; sin: Float32Array } {
+  const half = invFreq.length;
+  const cos = new Float32Array(T * half), sin = new Float32Array(T * half);
+  for (let t = 0; t < T; t++) {
+    const pos = pos0 + t;
+    for (let d = 0; d < half; d++) {
+      const a = pos * invFreq[d];
+      cos[t * half + d] = Math.cos(a);
+      sin[t * half + d] = Math.sin(a);
+    }
+  }
+  return { cos, sin };
+}
+
+/**
+ * In place on x [nHeads * headDim, T] feature-major: for every head and d < headDim / 2,
+ * (x[d], x[d + headDim/2]) <- (x1 cos - x2 sin, x2 cos + x1 sin) with cos, sin [T, headDim / 2]
+ * from ropeTables (row t is the position of token t).
+ */
+export function rope(
+  gpu: Gpu,
+  x: BufferRange,
+  cos: BufferRange,
+  sin: BufferRange,
+  nHeads: number,
+  headDim: number,
+  T: number,
+): void {
+  if (headDim % 2 !== 0 || headDim < 2) throw new Error(`rope: headDim ${headDim} must be even`);
+  if (nHeads > 60_000) throw new Error(`rope: ${nHeads} heads exceed the loop limit`);
+  const half = headDim / 2;
+  fits("rope", "x", x, nHeads * headDim * T);
+  fits("rope", "cos", cos, T * half);
+  fits("rope", "sin", sin, T * half);
+  const [gx, gy] = grid(Math.ceil((half * T) / WG), gpu.limits.maxWorkgroups);
+  gpu.dispatch(gpu.pipeline("rope", code, "rope"), [
+    new Uint32Array([nHeads, headDim, T, gx * WG]),
+    x,
+    cos,
+    sin,
+  ], [gx, gy]);
+}
+
+function fits(kernel: string, name: string, r: BufferRange, floats: number): void {
+  const have = r.size ?? r.buffer.size - (r.offset ?? 0);
+  if (have < floats * 4) {
+    throw new Error(`${kernel}: binding ${name} holds ${have} bytes, needs ${floats * 4}`);
+  }
+}

@@ -1,0 +1,242 @@
+// The whole Llama model on the GPU: embeddings, streamed decoder blocks, final norm, LM head
+// and the per-token NLL. Blocks stay resident while they fit the memory budget; otherwise
+// each superbatch of windows streams them in again, one block at a time.
+import type { Gpu } from "../gpu/device.ts";
+import { Tensor } from "../gpu/tensor.ts";
+import { rowChunks } from "../gpu/tensor.ts";
+import { type ModelConfig, ropeInvFreq } from "../io/config.ts";
+import { checkIds, embed } from "../kernels/embedding.ts";
+import { nll } from "../kernels/loss.ts";
+import { matmul } from "../kernels/matmul.ts";
+import { rmsnorm } from "../kernels/norm.ts";
+import { ropeTables } from "../kernels/rope.ts";
+import {
+  blockBytes,
+  BlockScratch,
+  type BlockWeights,
+  forwardBlock,
+  releaseBlock,
+  uploadBlock,
+} from "./block.ts";
+import type { WeightSource } from "./weights.ts";
+
+export interface NllOptions {
+  /** Called after each batch of windows with the count done so far. */
+  onProgress?: (windowsDone: number, windowsTotal: number) => void;
+  /** Keep the logits [T, vocab] of the first window. */
+  keepFirstLogits?: boolean;
+  /** Called with the residual stream of the first batch after the embedding (-1) and each layer. */
+  onHidden?: (layer: number, x: Tensor, scratch: BlockScratch) => Promise<void>;
+}
+
+export interface NllResult {
+  /** Sum of per-token NLL in f64, over every predicted position of every window. */
+  sumNll: number;
+  tokens: number;
+  windows: number;
+  firstLogits?: Float32Array;
+}
+
+export interface ModelOptions {
+  /** GPU bytes the model may hold for blocks and activations (default 2 GiB). */
+  gpuBudget?: number;
+}
+
+export class LlamaModel {
+  private blocks = new Map<number, BlockWeights>();
+  private constructor(
+    readonly gpu: Gpu,
+    readonly cfg: ModelConfig,
+    readonly src: WeightSource,
+    readonly embedding: Tensor,
+    readonly lmHeadT: Tensor,
+    readonly finalNorm: Tensor,
+    readonly budget: number,
+  ) {}
+
+  static async create(
+    gpu: Gpu,
+    cfg: ModelConfig,
+    src: WeightSource,
+    opts: ModelOptions = {},
+  ): Promise<LlamaModel> {
+    const emb = await Tensor.from(
+      gpu,
+      await src.tensor("model.embed_tokens.weight"),
+      [cfg.vocab, cfg.hidden],
+      "embed_tokens",
+    );
+    const head = await Tensor.from(gpu, await src.lmHeadT(), [cfg.hidden, cfg.vocab], "lm_head^T");
+    const norm = await Tensor.from(
+      gpu,
+      await src.tensor("model.norm.weight"),
+      [cfg.hidden],
+      "norm",
+    );
+    return new LlamaModel(gpu, cfg, src, emb, head, norm, opts.gpuBudget ?? 2 ** 31);
+  }
+
+  release(): void {
+    for (const b of this.blocks.values()) releaseBlock(b);
+    this.blocks.clear();
+    this.embedding.release();
+    this.lmHeadT.release();
+    this.finalNorm.release();
+  }
+
+  /** Windows per GPU batch: every activation of the batch must fit one binding. */
+  batchWindows(seqlen: number): number {
+    const c = this.cfg;
+    const widest = Math.max(c.hidden, c.heads * c.headDim, c.vocab > 0 ? 1 : 1);
+    const byBinding = Math.floor(this.gpu.limits.maxBinding / 4 / (widest * seqlen));
+    // Wider batches make faster matmuls; 8k tokens is plenty.
+    return Math.max(1, Math.min(byBinding, Math.floor(8192 / seqlen)));
+  }
+
+  /** Mean-NLL bookkeeping over GPTQ windows (each of the same length). */
+  async nll(windows: Int32Array[], opts: NllOptions = {}): Promise<NllResult> {
+    const gpu = this.gpu, cfg = this.cfg;
+    if (windows.length === 0) return { sumNll: 0, tokens: 0, windows: 0 };
+    const T = windows[0].length;
+    for (const w of windows) {
+      if (w.length !== T) throw new Error("all windows must have the same length");
+      checkIds(w, cfg.vocab);
+    }
+    const B = Math.min(this.batchWindows(T), windows.length);
+    const scratch = await BlockScratch.create(gpu, cfg, B, T, ropeTables(ropeInvFreq(cfg), T));
+    const actBytes = cfg.hidden * B * T * 4;
+    const fixed = this.embedding.bytes + this.lmHeadT.bytes +
+      BlockScratch.bytes(cfg, B, T, gpu.limits.maxBinding);
+    const perBlock = blockBytes(cfg);
+    const allResident = fixed + cfg.layers * perBlock + actBytes <= this.budget;
+    // Batches per superbatch: what the activations may use after one (or all) blocks.
+    const room = this.budget - fixed - (allResident ? cfg.layers : 1) * perBlock;
+    const perSuper = Math.max(1, Math.floor(room / actBytes));
+    const batches: Int32Array[][] = [];
+    for (let i = 0; i < windows.length; i += B) batches.push(windows.slice(i, i + B));
+
+    let sumNll = 0, tokens = 0, done = 0;
+    let firstLogits: Float32Array | undefined;
+    const ids = Tensor.empty(gpu, [B * T], "ids", "u32");
+    const targets = Tensor.empty(gpu, [B * T], "targets", "u32");
+    const nllOut = Tensor.empty(gpu, [B * T], "nll");
+    const logitRows = Math.max(
+      1,
+      Math.min(B * T, Math.floor(gpu.limits.maxBinding / 4 / cfg.vocab)),
+    );
+    const logits = Tensor.empty(gpu, [logitRows, cfg.vocab], "logits");
+    try {
+      for (let s0 = 0; s0 < batches.length; s0 += perSuper) {
+        const group = batches.slice(s0, s0 + perSuper);
+        const acts: Tensor[] = [];
+        for (const batch of group) {
+          const x = Tensor.empty(gpu, [cfg.hidden, B * T], "x");
+          await gpu.write(ids.buffer, packIds(batch, B, T));
+          this.embedAll(ids, x, B * T);
+          acts.push(x);
+        }
+        const first = s0 === 0 && opts.onHidden;
+        if (first) await opts.onHidden!(-1, acts[0], scratch);
+        for (let l = 0; l < cfg.layers; l++) {
+          const block = await this.block(l, allResident);
+          for (const x of acts) forwardBlock(gpu, block, x, scratch);
+          if (!allResident) {
+            await gpu.sync();
+            releaseBlock(block);
+            this.blocks.delete(l);
+          }
+          if (first) await opts.onHidden!(l, acts[0], scratch);
+        }
+        for (let i = 0; i < group.length; i++) {
+          const batch = group[i], x = acts[i];
+          await gpu.write(targets.buffer, packTargets(batch, B, T));
+          rmsnorm(gpu, x.all, this.finalNorm.all, scratch.h.all, cfg.hidden, B * T, cfg.rmsNormEps);
+          if (first && i === 0) await opts.onHidden!(cfg.layers, scratch.h, scratch);
+          const n = batch.length * T;
+          for (const c of rowChunks(n, cfg.vocab * 4, gpu.limits.maxBinding, gpu.limits.align)) {
+            // logits [rows, vocab] = h[:, rows]^T lm_head^T
+            matmul(gpu, {
+              M: c.rows,
+              N: cfg.vocab,
+              K: cfg.hidden,
+              a: scratch.h.buffer,
+              aOffset: c.row0,
+              lda: B * T,
+              b: this.lmHeadT.buffer,
+              ldb: cfg.vocab,
+              c: logits.buffer,
+              ldc: cfg.vocab,
+            });
+            if (opts.keepFirstLogits && !firstLogits && s0 === 0 && i === 0 && c.row0 === 0) {
+              firstLogits = new Float32Array(
+                await gpu.read(logits.buffer, 0, Math.min(T, c.rows) * cfg.vocab * 4),
+              );
+            }
+            nll(gpu, logits.all, targets.all, nllOut.all, c.rows, cfg.vocab, c.row0);
+          }
+          const values = new Float32Array(await gpu.read(nllOut.buffer, 0, n * 4));
+          for (let w = 0; w < batch.length; w++) {
+            for (let t = 0; t < T - 1; t++) sumNll += values[w * T + t];
+          }
+          tokens += batch.length * (T - 1);
+          done += batch.length;
+          opts.onProgress?.(done, windows.length);
+        }
+        for (const x of acts) x.release();
+      }
+    } finally {
+      ids.release();
+      targets.release();
+      nllOut.release();
+      logits.release();
+      scratch.release();
+    }
+    return { sumNll, tokens, windows: windows.length, firstLogits };
+  }
+
+  private embedAll(ids: Tensor, x: Tensor, n: number): void {
+    const cfg = this.cfg;
+    for (
+      const c of rowChunks(
+        cfg.vocab,
+        cfg.hidden * 4,
+        this.gpu.limits.maxBinding,
+        this.gpu.limits.align,
+      )
+    ) {
+      embed(
+        this.gpu,
+        this.embedding.rows(c.row0, c.rows),
+        ids.all,
+        x.all,
+        c.rows,
+        cfg.hidden,
+        n,
+        c.row0,
+      );
+    }
+  }
+
+  private async block(l: number, keep: boolean): Promise<BlockWeights> {
+    let b = this.blocks.get(l);
+    if (!b) {
+      b = await uploadBlock(this.gpu, this.cfg, this.src, l);
+      this.blocks.set(l, b);
+    }
+    void keep;
+    return b;
+  }
+}
+
+function packIds(batch: Int32Array[], B: number, T: number): Uint32Array {
+  const out = new Uint32Array(B * T);
+  batch.forEach((w, i) => out.set(w, i * T));
+  return out;
+}
+
+/** targets[t] = next token; the last position of each window (and padding) predicts nothing. */
+function packTargets(batch: Int32Array[], B: number, T: number): Uint32Array {
+  const out = new Uint32Array(B * T).fill(0xffffffff);
+  batch.forEach((w, i) => out.set(w.subarray(1), i * T));
+  return out;
+}

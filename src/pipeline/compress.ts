@@ -1,0 +1,258 @@
+// The compress pipeline: load, cluster (or RTN) per block into the work directory, export the
+// compressed folder, and optionally evaluate original and compressed perplexity.
+import { existsSync } from "node:fs";
+import { join } from "node:path";
+import { kmeans } from "../cluster/kmeans.ts";
+import {
+  type ClusterSettings,
+  formatPlan,
+  type MatrixPlan,
+  overallBits,
+  planMatrices,
+} from "../cluster/plan.ts";
+import { rtnBits } from "../cluster/rtn.ts";
+import {
+  clusterBlock,
+  type MatrixFacts,
+  matrixSeed,
+  rtnBlock,
+  storedCodebook,
+  vectorizeT,
+} from "../cluster/stage.ts";
+import { UserError } from "../errors.ts";
+import { type EvalResult, evaluatePerplexity } from "../eval/perplexity.ts";
+import { type QuantizationConfig, writeCompressedModel } from "../format/compressed.ts";
+import { getGpu } from "../gpu/device.ts";
+import { linearNames, type ModelConfig } from "../io/config.ts";
+import { decodeSafetensors, encodeSafetensors } from "../io/safetensors.ts";
+import { Tokenizer } from "../io/tokenizer.ts";
+import { openModel } from "../model/open.ts";
+import type { WeightSource } from "../model/weights.ts";
+import { Rng } from "../util/rng.ts";
+import { sha256 } from "./hash.ts";
+import type { Progress } from "./progress.ts";
+import { WorkDir } from "./workdir.ts";
+
+export interface CompressSettings {
+  model: string;
+  out: string;
+  work: string;
+  method: "cluscomp" | "rtn";
+  cluster: ClusterSettings;
+  rtn: { bits: number; group: number };
+  eval?: { text: string; seqlen: number; maxWindows?: number };
+  gpuBudget: number;
+}
+
+export interface CompressResult {
+  method: string;
+  model: string;
+  out: string;
+  bits_per_weight: number;
+  stored_bits_per_weight: number;
+  plan?: MatrixPlan[];
+  blocks: { layer: number; facts: MatrixFacts[]; resumed: boolean }[];
+  ppl_original?: number;
+  ppl_compressed?: number;
+  eval?: { original: Omit<EvalResult, "firstLogits">; compressed: Omit<EvalResult, "firstLogits"> };
+  seconds: { cluster: number; export: number; eval: number };
+}
+
+/** Hash of what the inputs are: config, tokenizer and each safetensors file's name, size and header. */
+export async function inputsHash(dir: string, files: string[]): Promise<string> {
+  const parts: string[] = [];
+  for (const f of ["config.json", "tokenizer.json"]) {
+    parts.push(f, await sha256(await Deno.readFile(join(dir, f))));
+  }
+  for (const file of files) {
+    const fh = await Deno.open(file, { read: true });
+    try {
+      const size = (await fh.stat()).size;
+      const head = new Uint8Array(Math.min(size, 1 << 20));
+      let off = 0;
+      while (off < head.length) {
+        const n = await fh.read(head.subarray(off));
+        if (n === null) break;
+        off += n;
+      }
+      parts.push(file.split("/").pop()!, String(size), await sha256(head));
+    } finally {
+      fh.close();
+    }
+  }
+  return sha256(parts.join("\n"));
+}
+
+/** Quick k-means on a sample of one layer's matrix, for ranking (d, n) pairs. */
+function sampleErrorFn(cfg: ModelConfig, src: WeightSource, seed: number) {
+  const cache = new Map<string, Float32Array>();
+  const layer = Math.floor(cfg.layers / 2);
+  return async (kind: MatrixPlan["kind"], d: number, n: number): Promise<number> => {
+    const gpu = await getGpu();
+    const lin = linearNames(layer, cfg).find((l) => l.kind === kind)!;
+    let wT = cache.get(kind);
+    if (!wT) {
+      wT = await src.linearT(layer, kind);
+      cache.set(kind, wT);
+    }
+    const { x, N } = vectorizeT(wT, lin.in, lin.out, d);
+    // A sample of up to 65,536 vectors, and n scaled down with it.
+    const S = Math.min(N, 65536);
+    let sample = x;
+    if (S < N) {
+      const rng = new Rng(matrixSeed(seed, layer, kind) ^ d);
+      sample = new Float32Array(S * d);
+      for (let i = 0; i < S; i++) {
+        const j = rng.int(N);
+        sample.set(x.subarray(j * d, j * d + d), i * d);
+      }
+    }
+    const nn = Math.max(2, Math.min(n, Math.floor(S * n / N), S));
+    const r = await kmeans(gpu, sample, S, d, nn, { iters: 5, seed });
+    return r.objective / (S * d);
+  };
+}
+
+export async function compress(s: CompressSettings, progress: Progress): Promise<CompressResult> {
+  const t0 = performance.now();
+  if (existsSync(join(s.model, "config.json"))) {
+    const raw = JSON.parse(await Deno.readTextFile(join(s.model, "config.json")));
+    if (raw.quantization_config) {
+      throw new UserError(`${s.model}: is already compressed; give the original model`);
+    }
+  }
+  const m = await openModel(s.model);
+  await Tokenizer.load(s.model);
+  const { cfg, source, index } = m;
+  let plan: MatrixPlan[] | undefined;
+  let bits: { total: number; stored: number };
+  if (s.method === "cluscomp") {
+    plan = await planMatrices(cfg, s.cluster, sampleErrorFn(cfg, source, s.cluster.seed));
+    bits = overallBits(plan);
+    progress.note(
+      "plan",
+      `\n${formatPlan(plan)}\noverall ${bits.total.toFixed(4)} bits per weight`,
+    );
+  } else {
+    const b = rtnBits(s.rtn.bits, s.rtn.group);
+    bits = { total: b, stored: b };
+    progress.note(
+      "plan",
+      `RTN ${s.rtn.bits} bits, group ${s.rtn.group}: ${b.toFixed(4)} bits per weight`,
+    );
+  }
+  const settings = {
+    method: s.method,
+    plan: plan?.map(({ reason: _, ...p }) => p) ?? null,
+    cluster: s.method === "cluscomp"
+      ? { iters: s.cluster.iters, seed: s.cluster.seed, init: s.cluster.init }
+      : null,
+    rtn: s.method === "rtn" ? s.rtn : null,
+  };
+  const work = await WorkDir.open(s.work, settings, await inputsHash(s.model, index.files));
+  const result: CompressResult = {
+    method: s.method,
+    model: s.model,
+    out: s.out,
+    bits_per_weight: bits.total,
+    stored_bits_per_weight: bits.stored,
+    plan,
+    blocks: [],
+    seconds: { cluster: 0, export: 0, eval: 0 },
+  };
+  try {
+    const gpu = await getGpu();
+    const stage = s.method === "cluscomp" ? "cluster" : "rtn";
+    const unitName = (l: number) => `${stage}/block-${String(l).padStart(3, "0")}`;
+    for (let l = 0; l < cfg.layers; l++) {
+      const unit = unitName(l);
+      const done = await work.done(unit);
+      if (done) {
+        result.blocks.push({ layer: l, facts: done.info?.facts as MatrixFacts[], resumed: true });
+        progress.update({ stage, done: l + 1, total: cfg.layers, block: l, resumed: "yes" });
+        continue;
+      }
+      const r = s.method === "cluscomp"
+        ? await clusterBlock(
+          gpu,
+          cfg,
+          source,
+          l,
+          plan!,
+          s.cluster,
+          (kind, iter, obj) =>
+            progress.update({
+              stage,
+              done: l,
+              total: cfg.layers,
+              block: l,
+              matrix: kind,
+              iter,
+              objective: obj,
+            }),
+        )
+        : await rtnBlock(cfg, source, l, s.rtn.bits, s.rtn.group);
+      await work.complete(unit, `${unit}.safetensors`, encodeSafetensors(r.tensors), {
+        facts: r.facts,
+      });
+      result.blocks.push({ layer: l, facts: r.facts, resumed: false });
+      progress.update({ stage, done: l + 1, total: cfg.layers, block: l });
+    }
+    const t1 = performance.now();
+    result.seconds.cluster = (t1 - t0) / 1000;
+
+    const modules: QuantizationConfig["modules"] = {};
+    for (let l = 0; l < cfg.layers; l++) {
+      for (const lin of linearNames(l, cfg)) {
+        const name = lin.name.replace(/\.weight$/, "");
+        if (s.method === "rtn") {
+          modules[name] = { bits: s.rtn.bits, group: s.rtn.group };
+        } else {
+          const p = plan!.find((q) => q.kind === lin.kind)!;
+          modules[name] = {
+            d: p.d,
+            n: p.n,
+            pad: p.pad,
+            splits: p.splits,
+            codebook_dtype: s.cluster.codebookDtype,
+            codes_dtype: p.n <= 256 ? "U8" : "U16",
+          };
+        }
+      }
+    }
+    const qc: QuantizationConfig = {
+      quant_method: s.method,
+      bits_per_weight: bits.total,
+      stored_bits_per_weight: bits.stored,
+      modules,
+    };
+    await writeCompressedModel(s.model, s.out, cfg, qc, async (l) => {
+      const unit = unitName(l);
+      const tensors = decodeSafetensors(await work.read(unit), work.path(`${unit}.safetensors`));
+      return tensors.map((t) => storedCodebook(t, s.cluster.codebookDtype));
+    }, index);
+    const t2 = performance.now();
+    result.seconds.export = (t2 - t1) / 1000;
+    progress.note("export", `wrote ${s.out}`);
+
+    if (s.eval) {
+      const e = { ...s.eval, gpuBudget: s.gpuBudget };
+      const { firstLogits: _a, ...orig } = await evaluatePerplexity(
+        { model: s.model, ...e },
+        progress,
+      );
+      const { firstLogits: _b, ...comp } = await evaluatePerplexity(
+        { model: s.out, ...e },
+        progress,
+      );
+      result.eval = { original: orig, compressed: comp };
+      result.ppl_original = orig.ppl;
+      result.ppl_compressed = comp.ppl;
+      result.seconds.eval = (performance.now() - t2) / 1000;
+    }
+  } finally {
+    await work.close();
+    index.close();
+  }
+  return result;
+}

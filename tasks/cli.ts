@@ -1,0 +1,23 @@
+// The single-binary entry: `cluscomp <command> [flags]`.
+import { compressMain } from "../src/cli/compress.ts";
+import { evalMain } from "../src/cli/eval.ts";
+import { runMain } from "../src/cli/main.ts";
+import { UserError } from "../src/errors.ts";
+
+const COMMANDS: Record<string, (argv: string[]) => Promise<number>> = {
+  compress: compressMain,
+  eval: evalMain,
+};
+
+await runMain(async (argv) => {
+  const [cmd, ...rest] = argv;
+  if (!cmd || cmd === "-h" || cmd === "--help") {
+    console.log(`Usage: cluscomp <${Object.keys(COMMANDS).join("|")}> [flags]   (--help on each)`);
+    return 0;
+  }
+  const fn = COMMANDS[cmd];
+  if (!fn) {
+    throw new UserError(`unknown command "${cmd}" (use ${Object.keys(COMMANDS).join(", ")})`);
+  }
+  return fn(rest);
+});
