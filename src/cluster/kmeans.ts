@@ -1,0 +1,359 @@
+// Lloyd's k-means (squared L2) on the GPU, exact and deterministic, with Yinyang-style bounds.
+//
+// One Lloyd iteration = update (means of the assigned points, on the host) + assignment (nearest
+// centroid, on the GPU). The assignment is the O(N n d) part: shaders/kmeans.wgsl scans centroid
+// ranges with each invocation holding P points in registers; ranges are kept short so no
+// invocation runs into Mesa's 65,535-iteration loop cap, and the points are bound in chunks that
+// fit maxStorageBufferBindingSize.
+//
+// Acceleration, exact (Hamerly 2010's upper bound with Ding et al. 2015's group lower bounds):
+// the initial centroids are put in k-d order so that G index ranges ("groups") are compact in
+// space. Each point keeps an upper bound u on the distance to its centroid a and, per group, a
+// lower bound on the distance to every centroid of the group other than a, carried between
+// iterations. When centroids move, u grows by a's movement and each group's bound shrinks by the
+// group's largest movement (one far-flung centroid only hurts its own group, where Hamerly's
+// single bound would shrink by the global maximum for every point). s(a), half the distance from
+// a to its nearest other centroid, is an optional extra lower bound. A point whose u is below
+// all of them provably keeps a; otherwise u is recomputed exactly and, if the test still fails,
+// the point joins (by an atomic counter on the GPU) the active list of each group whose bound
+// is not above u, plus a's own group; only those lists are scanned against those groups.
+// Bounds made from f32 distances are widened by more than the f32 rounding error (see the
+// shader), so a group or point is skipped only when brute force's f32 scan would also not pick
+// it: codes equal brute-force Lloyd's from the same initialisation.
+//
+// Determinism: a point's scan result does not depend on its slot, list position or dispatch;
+// every point meets centroids in increasing index order and ties go to the lowest index; the
+// update runs on the host in f64 in point order (O(N d), against the O(N n d) assignment). The
+// same inputs and seed give bit-identical centroids and codes.
+import code from "../../shaders/kmeans.wgsl" with { type: "text" };
+import { f32bits, type Gpu, grid } from "../gpu/device.ts";
+import { Rng } from "../util/rng.ts";
+
+export interface KmeansOptions {
+  /** Lloyd iterations (update + assignment) after the initial assignment; default 20. */
+  iters?: number;
+  /** Seed of the initialisation; default 0. */
+  seed?: number;
+  /** "random": n distinct points (partial Fisher-Yates); "kmeans++": D^2 sampling on the host. */
+  init?: "random" | "kmeans++";
+  /** Hamerly's bounds (exact); false scans every centroid for every point. Default true. */
+  accelerate?: boolean;
+  /** Called after each assignment: i = 0 for the initial one, then 1 .. iterations. */
+  onIter?: (i: number, objective: number) => void;
+  /** Points per GPU chunk (default: as many as fit one storage binding). */
+  maxPointsPerDispatch?: number;
+  /** Centroids scanned per dispatch (default 16,384; at most 60,000 for Mesa's loop cap). */
+  maxCentroidsPerDispatch?: number;
+  /**
+   * Use s(a), half the gap from a centroid to its nearest other centroid, as a lower bound. It
+   * costs n^2 distance evaluations per iteration; default: when n <= N / 8.
+   */
+  centroidGap?: boolean;
+}
+
+export interface KmeansResult {
+  /** [n, d] */
+  centroids: Float32Array;
+  /** [N]: the nearest final centroid of each point. */
+  codes: Uint32Array;
+  /** Sum of squared L2 errors of the points against their codes' centroids (f64). */
+  objective: number;
+  /** Lloyd iterations run (fewer than iters when an update left the centroids unchanged). */
+  iterations: number;
+  /** Point-centroid (and centroid-centroid) distances computed. */
+  distanceEvals: number;
+  /** N * n per assignment pass: what brute force would compute. */
+  bruteForceEvals: number;
+}
+
+const WG = 32;
+const BOUNDS_WG = 256;
+const FIRST = 1, GFIRST = 2, GLAST = 4, LISTED = 8, FINAL = 16;
+const MAX_RANGE = 60_000;
+/** Bytes between chunks' counters: a multiple of every minStorageBufferOffsetAlignment. */
+const CNT_STRIDE = 256;
+const MAX_GROUPS = 16;
+/** Fewest centroids per group: each listed point is loaded once per group it is scanned in. */
+const MIN_GROUP = 64;
+
+/** Centroid groups G for n centroids: a power of two (k-d split), 1 .. MAX_GROUPS. */
+export function groupCount(n: number): number {
+  let g = 1;
+  while (g * 2 <= MAX_GROUPS && g * 2 * MIN_GROUP <= n) g *= 2;
+  return g;
+}
+
+/** Group g's centroids: [floor(g n / G), floor((g + 1) n / G)). */
+function groupStart(g: number, n: number, G: number): number {
+  return Math.floor((g * n) / G);
+}
+
+/** Points each scan invocation holds: more amortise the centroid loads, but cost registers. */
+function pointsPerInvocation(d: number): number {
+  return d <= 8 ? 64 : 32;
+}
+
+/**
+ * Expands the shader template: `${name}` becomes vars[name], and lines between
+ * `//#for v < LIMIT` and `//#end` repeat for v = 0 .. vars[LIMIT] - 1 (nesting allowed).
+ */
+export function expandTemplate(src: string, vars: Record<string, number>): string {
+  const lines = src.split("\n");
+  const out: string[] = [];
+  const emit = (from: number, to: number, env: Record<string, number>): void => {
+    for (let i = from; i < to; i++) {
+      const t = lines[i].trim();
+      const m = /^\/\/#for (\w+) < (\w+)$/.exec(t);
+      if (m) {
+        let depth = 1, end = i + 1;
+        for (; end < to; end++) {
+          const u = lines[end].trim();
+          if (u.startsWith("//#for ")) depth++;
+          else if (u === "//#end" && --depth === 0) break;
+        }
+        if (depth !== 0) throw new Error(`kmeans.wgsl:${i + 1}: //#for without //#end`);
+        const limit = env[m[2]];
+        if (limit === undefined) throw new Error(`kmeans.wgsl:${i + 1}: unknown limit ${m[2]}`);
+        for (let v = 0; v < limit; v++) emit(i + 1, end, { ...env, [m[1]]: v });
+        i = end;
+        continue;
+      }
+      if (t === "//#end") throw new Error(`kmeans.wgsl:${i + 1}: //#end without //#for`);
+      out.push(
+        lines[i].replace(/\$\{(\w+)\}/g, (s, name: string) => name in env ? `${env[name]}` : s),
+      );
+    }
+  };
+  emit(0, lines.length, vars);
+  return out.join("\n");
+}
+
+/** f32 at or above v (v >= 0). */
+function roundUpF32(v: number): number {
+  const f = Math.fround(v);
+  if (f >= v) return f;
+  const b = new Float32Array([f]);
+  new Uint32Array(b.buffer)[0]++;
+  return b[0];
+}
+
+/**
+ * Initial centroids [n, d]. "random": n distinct points chosen by a partial Fisher-Yates shuffle
+ * (sparse, O(n) memory) driven by Rng(seed). "kmeans++": first point uniform, then each next one
+ * with probability proportional to its squared distance to the nearest chosen centroid (f64, in
+ * point order); costs O(N n d) on the host, so it suits moderate N * n. Either way the chosen
+ * points are then put in k-d order (kdOrder), which makes the centroid groups compact; the order
+ * depends only on the points and n, so every mode (and the reference) starts identically.
+ */
+export function initCentroids(
+  x: Float32Array,
+  N: number,
+  d: number,
+  n: number,
+  seed: number,
+  init: "random" | "kmeans++" = "random",
+): Float32Array {
+  return kdOrder(pickPoints(x, N, d, n, seed, init), n, d, groupCount(n));
+}
+
+/**
+ * Reorders centroids [n, d] so that each group's index range holds a compact cell: the range of
+ * groups [g0, g1) is sorted along the dimension of widest spread (ties by current position) and
+ * split at group (g0 + g1) / 2, recursively. Within a group the order is kept.
+ */
+export function kdOrder(c: Float32Array, n: number, d: number, G: number): Float32Array {
+  const order = Array.from({ length: n }, (_, i) => i);
+  const split = (g0: number, g1: number): void => {
+    if (g1 - g0 <= 1) return;
+    const lo = groupStart(g0, n, G), hi = groupStart(g1, n, G);
+    let dim = 0, widest = -1;
+    for (let k = 0; k < d; k++) {
+      let min = Infinity, max = -Infinity;
+      for (let i = lo; i < hi; i++) {
+        const v = c[order[i] * d + k];
+        if (v < min) min = v;
+        if (v > max) max = v;
+      }
+      if (max - min > widest) {
+        widest = max - min;
+        dim = k;
+      }
+    }
+    const part = order.slice(lo, hi).sort((a, b) => c[a * d + dim] - c[b * d + dim] || a - b);
+    for (let i = lo; i < hi; i++) order[i] = part[i - lo];
+    const gm = (g0 + g1) >> 1;
+    split(g0, gm);
+    split(gm, g1);
+  };
+  split(0, G);
+  const out = new Float32Array(n * d);
+  for (let i = 0; i < n; i++) out.set(c.subarray(order[i] * d, order[i] * d + d), i * d);
+  return out;
+}
+
+/** The n initial points, in the order they were drawn. */
+export function pickPoints(
+  x: Float32Array,
+  N: number,
+  d: number,
+  n: number,
+  seed: number,
+  init: "random" | "kmeans++" = "random",
+): Float32Array {
+  const rng = new Rng(seed);
+  const c = new Float32Array(n * d);
+  if (init === "random") {
+    const swapped = new Map<number, number>();
+    for (let i = 0; i < n; i++) {
+      const j = i + rng.int(N - i);
+      const vi = swapped.get(i) ?? i, vj = swapped.get(j) ?? j;
+      swapped.set(j, vi);
+      swapped.set(i, vj);
+      c.set(x.subarray(vj * d, vj * d + d), i * d);
+    }
+    return c;
+  }
+  if (init !== "kmeans++") throw new Error(`kmeans: unknown init "${init}"`);
+  const dist = new Float64Array(N).fill(Infinity);
+  const chosen = new Uint8Array(N);
+  let pick = rng.int(N);
+  for (let m = 0; m < n; m++) {
+    if (m > 0) {
+      let total = 0;
+      for (let i = 0; i < N; i++) total += dist[i];
+      pick = -1;
+      if (total > 0) {
+        const r = rng.next() * total;
+        let acc = 0;
+        for (let i = 0; i < N; i++) {
+          if (dist[i] === 0) continue;
+          acc += dist[i];
+          pick = i;
+          if (acc > r) break;
+        }
+      }
+      if (pick < 0) pick = chosen.indexOf(0); // every point sits on a centroid: lowest unused
+    }
+    chosen[pick] = 1;
+    c.set(x.subarray(pick * d, pick * d + d), m * d);
+    for (let i = 0; i < N; i++) {
+      let e = 0;
+      for (let k = 0; k < d; k++) {
+        const t = x[i * d + k] - x[pick * d + k];
+        e += t * t;
+      }
+      if (e < dist[i]) dist[i] = e;
+    }
+  }
+  return c;
+}
+
+/** Squared error of each point against its code's centroid (f64). */
+function pointErrors(
+  x: Float32Array,
+  N: number,
+  d: number,
+  c: Float32Array,
+  codes: Uint32Array,
+): Float64Array {
+  const e = new Float64Array(N);
+  for (let i = 0; i < N; i++) {
+    const a = codes[i] * d;
+    let s = 0;
+    for (let k = 0; k < d; k++) {
+      const t = x[i * d + k] - c[a + k];
+      s += t * t;
+    }
+    e[i] = s;
+  }
+  return e;
+}
+
+/** Sum of squared errors (f64, point order). */
+export function sse(
+  x: Float32Array,
+  N: number,
+  d: number,
+  c: Float32Array,
+  codes: Uint32Array,
+): number {
+  let total = 0;
+  for (let i = 0; i < N; i++) {
+    const a = codes[i] * d;
+    for (let k = 0; k < d; k++) {
+      const t = x[i * d + k] - c[a + k];
+      total += t * t;
+    }
+  }
+  return total;
+}
+
+/** The `count` points of largest error, in decreasing error order, ties by lowest index. */
+function largestErrors(e: Float64Array, count: number): number[] {
+  const N = e.length;
+  if (count <= 32) {
+    const taken = new Set<number>();
+    const out: number[] = [];
+    for (let m = 0; m < count; m++) {
+      let best = -1;
+      for (let i = 0; i < N; i++) {
+        if (!taken.has(i) && (best < 0 || e[i] > e[best])) best = i;
+      }
+      taken.add(best);
+      out.push(best);
+    }
+    return out;
+  }
+  const idx = new Uint32Array(N);
+  for (let i = 0; i < N; i++) idx[i] = i;
+  idx.sort((a, b) => e[b] - e[a] || a - b);
+  return Array.from(idx.subarray(0, count));
+}
+
+/**
+ * The update step, on the host in f64 and in point order (deterministic; O(N d), cheap next to
+ * the assignment): each centroid becomes the mean of its points, rounded to f32. Empty clusters,
+ * in increasing index order, each take one of the points with the largest error against the
+ * centroids `prev` the codes were assigned to (distinct points, decreasing error, ties by lowest
+ * index); those points stay counted in their own clusters' means.
+ */
+export function updateCentroids(
+  x: Float32Array,
+  N: number,
+  d: number,
+  n: number,
+  codes: Uint32Array,
+  prev: Float32Array,
+): Float32Array {
+  const sums = new Float64Array(n * d);
+  const counts = new Float64Array(n);
+  for (let i = 0; i < N; i++) {
+    const a = codes[i];
+    counts[a]++;
+    for (let k = 0; k < d; k++) sums[a * d + k] += x[i * d + k];
+  }
+  const next = new Float32Array(n * d);
+  const empty: number[] = [];
+  for (let j = 0; j < n; j++) {
+    if (counts[j] === 0) {
+      empty.push(j);
+      continue;
+    }
+    for (let k = 0; k < d; k++) next[j * d + k] = sums[j * d + k] / counts[j];
+  }
+  if (empty.length > 0) {
+    const far = largestErrors(pointErrors(x, N, d, prev, codes), empty.length);
+    for (let m = 0; m < empty.length; m++) {
+      next.set(x.subarray(far[m] * d, far[m] * d + d), empty[m] * d);
+    }
+  }
+  return next;
+}
+
+function sameBits(a: Float32Array, b: Float32Array): boolean {
+  const ua = new Uint32Array(a.buffer, a.byteOffset, a.length);
+  const ub = new Uint32Array(b.buffer, b.byteOffset, b.length);
+  for (let i = 0; i < ua.length; i++) if (ua[i] !== ub[i]) return false;
+  return true;
+}
+

@@ -1,0 +1,379 @@
+// ClusComp codebook kernels for finetuning with fixed codes: decode W^T from centroids and
+// codes, and the centroid gradient as deterministic segment sums over a host-built index of the
+// codes (also used for the embedding gradient, see backward.ts embedBackward).
+import decodeCode from "../../shaders/codebook.wgsl" with { type: "text" };
+import gradCode from "../../shaders/codebook_grad.wgsl" with { type: "text" };
+import { type BufferRange, type Gpu, type GpuLimits, grid } from "../gpu/device.ts";
+import { rowChunks } from "../gpu/tensor.ts";
+
+/** Default and largest number of items one invocation sums (the piece length). */
+export const PIECE_ITEMS = 4096;
+const MAX_PIECE_ITEMS = 32_768;
+/** Most pieces one key may have: the reduce pass loops over them. */
+export const MAX_SLOTS_PER_KEY = 65_000;
+
+/**
+ * Items grouped by key for the segment sums. For a codebook layer the items are the vectors
+ * v = r * cols + cv of the codes [inDim, cols] (cols = ceil(out / d)) and the keys are the codes;
+ * for the embedding gradient the items are token positions and the keys token ids (cols = 1,
+ * d = out = H). The source rows are cut into chunks of `chunkRows` rows (one chunk unless the
+ * source exceeds the binding limit); with one chunk, `offsets` [n + 1] and `positions` are the
+ * plain CSR: positions[offsets[k] .. offsets[k + 1]) are the items of key k in ascending order.
+ */
+export interface CodeIndex {
+  /** Keys (clusters). */
+  n: number;
+  /** Source rows (in_features of the layer, or tokens). */
+  inDim: number;
+  /** Valid columns per source row (out_features, or H). */
+  out: number;
+  /** Components per item (centroid length). */
+  d: number;
+  /** Items per row: ceil(out / d). */
+  cols: number;
+  /** Source rows per bound chunk (inDim when there is one chunk). */
+  chunkRows: number;
+  /** [chunks * n + 1]: segment s = chunk * n + key holds positions[offsets[s] .. offsets[s+1]). */
+  offsets: Uint32Array;
+  /** [inDim * cols] item indices sorted by (chunk, key, item). */
+  positions: Uint32Array;
+  /** [pieces * 3] (start, end, slot): runs of at most pieceItems items of one segment. */
+  pieces: Uint32Array;
+  /** [chunks + 1]: pieces of chunk c are chunkPieces[c] .. chunkPieces[c + 1] - 1. */
+  chunkPieces: Uint32Array;
+  /** [n + 1]: key k owns partial rows (slots) slotOffsets[k] .. slotOffsets[k + 1] - 1. */
+  slotOffsets: Uint32Array;
+  /** Largest slot count of one key. */
+  maxSlots: number;
+}
+
+/**
+ * Builds the index of `codes` [inDim * cols] (row-major [inDim, ceil(out / d)], each < n).
+ * `chunkRows` must match how the gradient will be bound (see codeChunkRows); `pieceItems` is
+ * the most items one GPU invocation sums.
+ */
+export function buildCodeIndex(
+  codes: ArrayLike<number>,
+  n: number,
+  inDim: number,
+  out: number,
+  d: number,
+  opts: { chunkRows?: number; pieceItems?: number } = {},
+): CodeIndex {
+  const chunkRows = opts.chunkRows ?? inDim;
+  const P = opts.pieceItems ?? PIECE_ITEMS;
+  for (const [name, v] of [["n", n], ["inDim", inDim], ["out", out], ["d", d]] as const) {
+    if (!(Number.isInteger(v) && v >= 1)) {
+      throw new Error(`buildCodeIndex: ${name} = ${v} must be a positive integer`);
+    }
+  }
+  if (!(Number.isInteger(chunkRows) && chunkRows >= 1)) {
+    throw new Error(`buildCodeIndex: chunkRows = ${chunkRows} must be a positive integer`);
+  }
+  if (!(Number.isInteger(P) && P >= 1 && P <= MAX_PIECE_ITEMS)) {
+    throw new Error(`buildCodeIndex: pieceItems = ${P} is outside [1, ${MAX_PIECE_ITEMS}]`);
+  }
+  const cols = Math.ceil(out / d);
+  const nv = inDim * cols;
+  if (codes.length !== nv) {
+    throw new Error(
+      `buildCodeIndex: ${codes.length} codes do not fill [${inDim}, ${cols}] (out ${out}, d ${d})`,
+    );
+  }
+  if (nv >= 2 ** 32) throw new Error(`buildCodeIndex: ${nv} items exceed u32 indices`);
+  const chunks = Math.ceil(inDim / chunkRows);
+  const chunkItems = chunkRows * cols;
+  const segs = chunks * n;
+  // Counting sort by segment, stable in item order.
+  const offsets = new Uint32Array(segs + 1);
+  for (let v = 0; v < nv; v++) {
+    const k = codes[v];
+    if (!(k >= 0 && k < n && Number.isInteger(k))) {
+      throw new Error(
+        `buildCodeIndex: code ${k} at row ${Math.floor(v / cols)}, column ${v % cols} is ` +
+          `outside [0, ${n})`,
+      );
+    }
+    offsets[Math.floor(v / chunkItems) * n + k + 1]++;
+  }
+  for (let s = 0; s < segs; s++) offsets[s + 1] += offsets[s];
+  const cursor = offsets.slice(0, segs);
+  const positions = new Uint32Array(nv);
+  for (let v = 0; v < nv; v++) positions[cursor[Math.floor(v / chunkItems) * n + codes[v]]++] = v;
+  // Pieces in position order; slots ranked by key, then chunk.
+  const slotOffsets = new Uint32Array(n + 1);
+  let numPieces = 0;
+  for (let s = 0; s < segs; s++) {
+    const np = Math.ceil((offsets[s + 1] - offsets[s]) / P);
+    slotOffsets[(s % n) + 1] += np;
+    numPieces += np;
+  }
+  let maxSlots = 0;
+  for (let k = 0; k < n; k++) {
+    maxSlots = Math.max(maxSlots, slotOffsets[k + 1]);
+    slotOffsets[k + 1] += slotOffsets[k];
+  }
+  if (maxSlots > MAX_SLOTS_PER_KEY) {
+    throw new Error(
+      `buildCodeIndex: one key has ${maxSlots} pieces of ${P} items, more than the ` +
+        `${MAX_SLOTS_PER_KEY} one reduce invocation may loop over; use larger pieces`,
+    );
+  }
+  const slotCursor = slotOffsets.slice(0, n);
+  const pieces = new Uint32Array(numPieces * 3);
+  const chunkPieces = new Uint32Array(chunks + 1);
+  let pi = 0;
+  for (let c = 0; c < chunks; c++) {
+    for (let k = 0; k < n; k++) {
+      const s = c * n + k;
+      for (let a = offsets[s]; a < offsets[s + 1]; a += P) {
+        pieces[3 * pi] = a;
+        pieces[3 * pi + 1] = Math.min(a + P, offsets[s + 1]);
+        pieces[3 * pi + 2] = slotCursor[k]++;
+        pi++;
+      }
+    }
+    chunkPieces[c + 1] = pi;
+  }
+  return {
+    n,
+    inDim,
+    out,
+    d,
+    cols,
+    chunkRows,
+    offsets,
+    positions,
+    pieces,
+    chunkPieces,
+    slotOffsets,
+    maxSlots,
+  };
+}
+
+/**
+ * Rows of W^T [inDim, out] per bound chunk on this device: the whole matrix when it fits one
+ * binding, else the largest row count within maxBinding whose byte offsets stay aligned.
+ */
+export function codeChunkRows(limits: GpuLimits, inDim: number, out: number): number {
+  return rowChunks(inDim, out * 4, limits.maxBinding, limits.align)[0].rows;
+}
+
+/** A CodeIndex on the GPU, with its partial-sum scratch. */
+export interface GpuCodeIndex {
+  index: CodeIndex;
+  /** u32 [pieces * 3 + n + 1]: the piece triples, then slotOffsets at slotBase. */
+  ix: GPUBuffer;
+  slotBase: number;
+  /** u32 [items]. */
+  positions: GPUBuffer;
+  /** f32 [slots, d]. */
+  partial: GPUBuffer;
+  release(): void;
+}
+
+/** Uploads an index; release() frees its buffers. */
+export async function uploadCodeIndex(gpu: Gpu, index: CodeIndex): Promise<GpuCodeIndex> {
+  const slots = index.slotOffsets[index.n];
+  const ixLen = index.pieces.length + index.n + 1;
+  const max = gpu.limits.maxBinding;
+  if (ixLen * 4 > max || slots * index.d * 4 > max) {
+    throw new Error(
+      `uploadCodeIndex: ${index.pieces.length / 3} pieces of ${index.d} components exceed ` +
+        `the ${max}-byte binding limit`,
+    );
+  }
+  const ixData = new Uint32Array(ixLen);
+  ixData.set(index.pieces);
+  ixData.set(index.slotOffsets, index.pieces.length);
+  const ix = gpu.createBuffer(ixLen * 4, "code index");
+  const positions = gpu.createBuffer(index.positions.length * 4, "code positions");
+  const partial = gpu.createBuffer(slots * index.d * 4, "code partial sums");
+  await gpu.write(ix, ixData);
+  await gpu.write(positions, index.positions);
+  let released = false;
+  return {
+    index,
+    ix,
+    slotBase: index.pieces.length,
+    positions,
+    partial,
+    release() {
+      if (released) return;
+      released = true;
+      for (const b of [ix, positions, partial]) gpu.releaseBuffer(b);
+    },
+  };
+}
+
+/** buildCodeIndex with the device's chunking, uploaded. */
+export function prepareCodeIndex(
+  gpu: Gpu,
+  codes: ArrayLike<number>,
+  n: number,
+  inDim: number,
+  out: number,
+  d: number,
+): Promise<GpuCodeIndex> {
+  const chunkRows = codeChunkRows(gpu.limits, inDim, out);
+  return uploadCodeIndex(gpu, buildCodeIndex(codes, n, inDim, out, d, { chunkRows }));
+}
+
+const WG = 64;
+
+/**
+ * How segmentSum reads the source: component j of item v = r * cols + cv at
+ * (r - row0) * rowStride + (cv * d + j) * colStride of each chunk's binding.
+ */
+export interface SourceLayout {
+  rowStride: number;
+  colStride: number;
+  /** The binding of source rows [row0, row0 + rows). */
+  chunk(row0: number, rows: number): BufferRange;
+}
+
+/** out[k, j] (+)= sum over the items of key k of component j: both passes. */
+export function segmentSum(
+  gpu: Gpu,
+  gi: GpuCodeIndex,
+  src: SourceLayout,
+  out: BufferRange,
+  accumulate: boolean,
+  kernel: string,
+): void {
+  const ix = gi.index;
+  const { n, d, cols, chunkRows, inDim } = ix;
+  const chunks = ix.chunkPieces.length - 1;
+  const pieces = gpu.pipeline("codebook_grad", gradCode, "segment_pieces");
+  const ixBinding = { buffer: gi.ix, offset: 0, size: (gi.slotBase + n + 1) * 4 };
+  const partial = { buffer: gi.partial, offset: 0, size: gi.partial.size };
+  const align = gpu.limits.align;
+  for (let c = 0; c < chunks; c++) {
+    const p0 = ix.chunkPieces[c], np = ix.chunkPieces[c + 1] - p0;
+    if (np === 0) continue;
+    const row0 = c * chunkRows, rows = Math.min(chunkRows, inDim - row0);
+    const pos0 = ix.offsets[c * n], pos1 = ix.offsets[(c + 1) * n];
+    const base = Math.floor((pos0 * 4) / align) * align / 4;
+    const data = src.chunk(row0, rows);
+    const [gx, gy] = grid(Math.ceil((np * d) / WG), gpu.limits.maxWorkgroups);
+    gpu.dispatch(pieces, [
+      new Uint32Array([
+        np,
+        p0,
+        d,
+        cols,
+        row0,
+        base,
+        src.rowStride,
+        src.colStride,
+        ix.out,
+        gi.slotBase,
+        0,
+        gx * WG,
+      ]),
+      ixBinding,
+      partial,
+      data,
+      { buffer: gi.positions, offset: base * 4, size: (pos1 - base) * 4 },
+    ], [gx, gy]);
+  }
+  const reduce = gpu.pipeline("codebook_grad", gradCode, "segment_reduce");
+  const outOff = out.offset ?? 0;
+  for (const ch of rowChunks(n, d * 4, gpu.limits.maxBinding, align)) {
+    const [gx, gy] = grid(Math.ceil((ch.rows * d) / WG), gpu.limits.maxWorkgroups);
+    const target = { buffer: out.buffer, offset: outOff + ch.row0 * d * 4, size: ch.rows * d * 4 };
+    if (target.offset % align !== 0) {
+      throw new Error(`${kernel}: output row ${ch.row0} lands at unaligned byte ${target.offset}`);
+    }
+    gpu.dispatch(reduce, [
+      new Uint32Array([ch.rows, ch.row0, d, cols, 0, 0, 0, 0, 0, gi.slotBase, +accumulate, gx * WG]),
+      ixBinding,
+      partial,
+      target,
+    ], [gx, gy]);
+  }
+}
+
+/**
+ * dC[k, j] (+)= sum over the vectors v = r * cols + cv whose code is k of dwT[r, cv * d + j]
+ * (components past out skipped) for dwT [inDim, out] (the gradient of W^T) and dC [n, d].
+ * Deterministic: a fixed summation order, no atomics. dwT is bound in the index's row chunks.
+ */
+export function codebookGrad(
+  gpu: Gpu,
+  dwT: BufferRange,
+  gi: GpuCodeIndex,
+  dC: BufferRange,
+  opts: { accumulate?: boolean } = {},
+): void {
+  const { n, d, inDim, out, chunkRows } = gi.index;
+  fits("codebookGrad", "dwT", dwT, inDim * out);
+  fits("codebookGrad", "dC", dC, n * d);
+  const off = dwT.offset ?? 0;
+  const rowBytes = out * 4;
+  if (chunkRows < inDim) {
+    if ((chunkRows * rowBytes) % gpu.limits.align !== 0 || off % gpu.limits.align !== 0) {
+      throw new Error(
+        `codebookGrad: chunks of ${chunkRows} rows of ${rowBytes} bytes are not ` +
+          `${gpu.limits.align}-byte aligned; build the index with codeChunkRows`,
+      );
+    }
+  }
+  if (Math.min(chunkRows, inDim) * rowBytes > gpu.limits.maxBinding) {
+    throw new Error(
+      `codebookGrad: chunks of ${chunkRows} rows of ${rowBytes} bytes exceed the ` +
+        `${gpu.limits.maxBinding}-byte binding limit; build the index with codeChunkRows`,
+    );
+  }
+  segmentSum(gpu, gi, {
+    rowStride: out,
+    colStride: 1,
+    chunk: (row0, rows) => ({
+      buffer: dwT.buffer,
+      offset: off + row0 * rowBytes,
+      size: rows * rowBytes,
+    }),
+  }, dC, opts.accumulate ?? false, "codebookGrad");
+}
+
+/**
+ * wT[r, c] = centroids[codes[r * cols + floor(c / d)], c % d] for c < out, cols = ceil(out / d):
+ * centroids [n, d] f32, codes [inDim, cols] u32, wT [inDim, out]. Bound in row chunks past the
+ * binding limit.
+ */
+export function decodeCodebook(
+  gpu: Gpu,
+  centroids: BufferRange,
+  codes: BufferRange,
+  wT: BufferRange,
+  inDim: number,
+  out: number,
+  d: number,
+): void {
+  const cols = Math.ceil(out / d);
+  fits("decodeCodebook", "codes", codes, inDim * cols);
+  fits("decodeCodebook", "wT", wT, inDim * out);
+  fits("decodeCodebook", "centroids", centroids, d);
+  const { align, maxBinding } = gpu.limits;
+  let codeStep = 1;
+  while ((codeStep * cols * 4) % align !== 0) codeStep++;
+  const pipe = gpu.pipeline("codebook", decodeCode, "decode");
+  const wOff = wT.offset ?? 0, cOff = codes.offset ?? 0;
+  for (const ch of rowChunks(inDim, out * 4, maxBinding, align, codeStep)) {
+    const total = ch.rows * out;
+    const [gx, gy] = grid(Math.ceil(total / 256), gpu.limits.maxWorkgroups);
+    gpu.dispatch(pipe, [
+      new Uint32Array([ch.rows, out, cols, d, gx * 256]),
+      centroids,
+      { buffer: codes.buffer, offset: cOff + ch.row0 * cols * 4, size: ch.rows * cols * 4 },
+      { buffer: wT.buffer, offset: wOff + ch.row0 * out * 4, size: total * 4 },
+    ], [gx, gy]);
+  }
+}
+
+function fits(kernel: string, name: string, r: BufferRange, floats: number): void {
+  const have = r.size ?? r.buffer.size - (r.offset ?? 0);
+  if (have < floats * 4) {
+    throw new Error(`${kernel}: binding ${name} holds ${have} bytes, needs ${floats * 4}`);
+  }
+}

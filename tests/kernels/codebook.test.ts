@@ -1,0 +1,225 @@
+import { getGpu } from "../../src/gpu/device.ts";
+import { Tensor } from "../../src/gpu/tensor.ts";
+import {
+  buildCodeIndex,
+  type CodeIndex,
+  codebookGrad,
+  codeChunkRows,
+  decodeCodebook,
+  prepareCodeIndex,
+  uploadCodeIndex,
+} from "../../src/kernels/codebook.ts";
+import { Rng } from "../../src/util/rng.ts";
+import { dot64, finiteDiff } from "../reference/backward.ts";
+import { codebookGradRef, decodeCodebookRef } from "../reference/codebook.ts";
+import { assertClose, randomF32 } from "../util.ts";
+
+function randomCodes(count: number, n: number, seed: number): Uint32Array {
+  const rng = new Rng(seed);
+  return Uint32Array.from({ length: count }, () => rng.int(n));
+}
+
+/** Every item once, sorted by (chunk, key, item), pieces within their segment, slots by key. */
+function checkIndex(ix: CodeIndex, codes: ArrayLike<number>, P: number): void {
+  const nv = ix.inDim * ix.cols, chunkItems = ix.chunkRows * ix.cols;
+  const seen = new Uint8Array(nv);
+  const chunks = ix.chunkPieces.length - 1;
+  for (let c = 0; c < chunks; c++) {
+    for (let k = 0; k < ix.n; k++) {
+      const s = c * ix.n + k;
+      for (let q = ix.offsets[s]; q < ix.offsets[s + 1]; q++) {
+        const v = ix.positions[q];
+        if (codes[v] !== k || Math.floor(v / chunkItems) !== c || seen[v]) {
+          throw new Error(`index entry ${q} (item ${v}) misplaced`);
+        }
+        if (q > ix.offsets[s] && ix.positions[q - 1] >= v) throw new Error(`unsorted at ${q}`);
+        seen[v] = 1;
+      }
+    }
+  }
+  if (seen.some((x) => x === 0)) throw new Error("an item is missing from the index");
+  const np = ix.pieces.length / 3;
+  const slotSeen = new Uint8Array(np);
+  let covered = 0;
+  for (let pc = 0; pc < np; pc++) {
+    const [a, b, slot] = ix.pieces.subarray(3 * pc, 3 * pc + 3);
+    if (!(b > a && b - a <= P)) throw new Error(`piece ${pc} has ${b - a} items`);
+    const k = codes[ix.positions[a]];
+    if (codes[ix.positions[b - 1]] !== k) throw new Error(`piece ${pc} spans two keys`);
+    if (!(slot >= ix.slotOffsets[k] && slot < ix.slotOffsets[k + 1]) || slotSeen[slot]) {
+      throw new Error(`piece ${pc} has slot ${slot} outside key ${k}'s slots`);
+    }
+    slotSeen[slot] = 1;
+    covered += b - a;
+  }
+  if (covered !== nv) throw new Error(`pieces cover ${covered} of ${nv} items`);
+}
+
+Deno.test("codebookGradRef matches central differences of the decode", () => {
+  const n = 3, d = 3, inDim = 4, out = 7, cols = 3;
+  const C = randomF32(n * d, 1), codes = randomCodes(inDim * cols, n, 2);
+  const dwT = randomF32(inDim * out, 3);
+  const want = finiteDiff((c) => dot64(dwT, decodeCodebookRef(c, codes, inDim, out, d)), C);
+  assertClose(codebookGradRef(dwT, codes, n, inDim, out, d), want, 1e-9, 1e-8, "dC");
+});
+
+Deno.test("buildCodeIndex sorts by code then position and cuts pieces (one and seven chunks)", () => {
+  const n = 37, d = 3, inDim = 200, out = 100, cols = 34;
+  const codes = randomCodes(inDim * cols, n, 4);
+  for (let v = 0; v < 3000; v++) codes[v * 2] = 5; // a large cluster
+  for (const [chunkRows, P] of [[inDim, 4096], [inDim, 7], [32, 5], [16, 1]]) {
+    const ix = buildCodeIndex(codes, n, inDim, out, d, { chunkRows, pieceItems: P });
+    checkIndex(ix, codes, P);
+  }
+  const one = buildCodeIndex(codes, n, inDim, out, d);
+  if (one.offsets.length !== n + 1) throw new Error(`offsets has ${one.offsets.length} entries`);
+});
+
+Deno.test("buildCodeIndex names a code outside [0, n)", () => {
+  let msg = "";
+  try {
+    buildCodeIndex(new Uint32Array([0, 1, 9, 2]), 9, 2, 4, 2);
+  } catch (e) {
+    msg = (e as Error).message;
+  }
+  if (!msg.includes("code 9 at row 1, column 0")) throw new Error(`unexpected message "${msg}"`);
+});
+
+async function decodeOnGpu(
+  C: Float32Array,
+  codes: Uint32Array,
+  inDim: number,
+  out: number,
+  d: number,
+): Promise<Float32Array> {
+  const gpu = await getGpu();
+  const tc = await Tensor.from(gpu, C, [C.length], "centroids");
+  const tk = await Tensor.from(gpu, codes, [codes.length], "codes");
+  const tw = Tensor.empty(gpu, [inDim, out], "wT");
+  decodeCodebook(gpu, tc.all, tk.all, { buffer: tw.buffer }, inDim, out, d);
+  const got = await tw.toF32();
+  for (const t of [tc, tk, tw]) t.release();
+  return got;
+}
+
+for (const [n, d, inDim, out] of [[5, 1, 1, 1], [37, 3, 50, 100], [256, 4, 67, 64], [3, 8, 9, 5]]) {
+  Deno.test(`decodeCodebook matches reference (n=${n}, d=${d}, in=${inDim}, out=${out})`, async () => {
+    const C = randomF32(n * d, n + d), codes = randomCodes(inDim * Math.ceil(out / d), n, out);
+    codes[codes.length - 1] = n - 1;
+    const got = await decodeOnGpu(C, codes, inDim, out, d);
+    assertClose(got, decodeCodebookRef(C, codes, inDim, out, d), 0, 0, "wT");
+  });
+}
+
+Deno.test("decodeCodebook binds W^T past the binding limit in row chunks", async () => {
+  const gpu = await getGpu();
+  const n = 300, d = 3, out = 4099;
+  const inDim = Math.ceil(gpu.limits.maxBinding / (out * 4)) + 5; // just over one binding
+  const C = randomF32(n * d, 5), codes = randomCodes(inDim * Math.ceil(out / d), n, 6);
+  const got = await decodeOnGpu(C, codes, inDim, out, d);
+  const cols = Math.ceil(out / d);
+  // Rows at the start, around the first chunk boundary and at the end.
+  const boundary = Math.floor(gpu.limits.maxBinding / 4 / out);
+  for (const r0 of [0, boundary - 3, inDim - 4]) {
+    const want = decodeCodebookRef(C, codes.subarray(r0 * cols, (r0 + 4) * cols), 4, out, d);
+    assertClose(got.subarray(r0 * out, (r0 + 4) * out), want, 0, 0, `rows ${r0}..${r0 + 3}`);
+  }
+});
+
+async function gradOnGpu(
+  dwT: Float32Array,
+  ix: CodeIndex,
+  init?: Float32Array,
+): Promise<Float32Array> {
+  const gpu = await getGpu();
+  const gi = await uploadCodeIndex(gpu, ix);
+  const tw = await Tensor.from(gpu, dwT, [dwT.length], "dwT");
+  const tc = init
+    ? await Tensor.from(gpu, init, [init.length], "dC")
+    : Tensor.empty(gpu, [ix.n, ix.d], "dC");
+  codebookGrad(gpu, tw.all, gi, tc.all, { accumulate: init !== undefined });
+  const got = await tc.toF32();
+  gi.release();
+  tw.release();
+  tc.release();
+  return got;
+}
+
+for (const [n, d, inDim, out, P] of [[1, 1, 1, 1, 4096], [5, 2, 3, 5, 1], [37, 3, 50, 100, 3]]) {
+  Deno.test(`codebookGrad matches reference (n=${n}, d=${d}, in=${inDim}, out=${out}, pieces of ${P})`, async () => {
+    const cols = Math.ceil(out / d);
+    const codes = randomCodes(inDim * cols, n, n + out), dwT = randomF32(inDim * out, inDim);
+    const got = await gradOnGpu(dwT, buildCodeIndex(codes, n, inDim, out, d, { pieceItems: P }));
+    assertClose(got, codebookGradRef(dwT, codes, n, inDim, out, d), 1e-6, 1e-5, "dC");
+  });
+}
+
+// A planted cluster of 200,000 vectors (code 5 of n = 37, d = 3, out = 100: the last vector of
+// each row has one valid component), with large values at its first and last vectors.
+function planted() {
+  const n = 37, d = 3, inDim = 7000, out = 100, cols = 34;
+  const codes = randomCodes(inDim * cols, n, 7);
+  const rng = new Rng(8);
+  let placed = 0;
+  for (let v = 0; v < codes.length && placed < 200_000; v++) {
+    if (rng.next() < 0.85 || codes.length - v <= 200_000 - placed) {
+      codes[v] = 5;
+      placed++;
+    } else if (codes[v] === 5) codes[v] = 6;
+  }
+  const last = codes.lastIndexOf(5), first = codes.indexOf(5);
+  const dwT = randomF32(inDim * out, 9, -0.01, 0.01);
+  const at = (v: number, j: number) => Math.floor(v / cols) * out + (v % cols) * d + j;
+  dwT[at(last, 0)] = 1000;
+  dwT[at(first, 0)] = -300;
+  return { n, d, inDim, out, cols, codes, dwT, placed };
+}
+
+Deno.test("codebookGrad sums a planted 200,000-vector cluster (one chunk and seven)", async () => {
+  const { n, d, inDim, out, codes, dwT, placed } = planted();
+  if (placed !== 200_000) throw new Error(`planted ${placed} vectors`);
+  const want = codebookGradRef(dwT, codes, n, inDim, out, d);
+  // 7 chunks of 1008 rows (1008 * 400 bytes is a multiple of 256).
+  for (const chunkRows of [inDim, 1008]) {
+    const ix = buildCodeIndex(codes, n, inDim, out, d, { chunkRows });
+    if (ix.maxSlots < 49) throw new Error(`the big cluster has ${ix.maxSlots} pieces`);
+    const got = await gradOnGpu(dwT, ix);
+    assertClose(got, want, 1e-4, 1e-5, `dC (chunkRows ${chunkRows})`);
+    assertClose([got[5 * d]], [want[5 * d]], 0, 1e-5, "planted component");
+  }
+});
+
+Deno.test("codebookGrad is deterministic and accumulates", async () => {
+  const { n, d, inDim, out, codes, dwT } = planted();
+  const ix = buildCodeIndex(codes, n, inDim, out, d);
+  const a = await gradOnGpu(dwT, ix), b = await gradOnGpu(dwT, ix);
+  assertClose(a, b, 0, 0, "two runs");
+  const init = randomF32(n * d, 10);
+  const c = await gradOnGpu(dwT, ix, init);
+  assertClose(c, a.map((v, i) => Math.fround(init[i] + v)), 0, 0, "accumulated");
+});
+
+Deno.test("prepareCodeIndex chunks like the device needs and rejects misaligned chunks", async () => {
+  const gpu = await getGpu();
+  const rows = codeChunkRows(gpu.limits, 100_000, 4099);
+  if (!(rows < 100_000 && rows * 4099 * 4 <= gpu.limits.maxBinding)) {
+    throw new Error(`codeChunkRows gave ${rows}`);
+  }
+  if (((rows * 4099 * 4) % gpu.limits.align) !== 0) throw new Error("unaligned chunk");
+  const n = 4, d = 2, inDim = 10, out = 5, cols = 3;
+  const codes = randomCodes(inDim * cols, n, 11);
+  const gi = await prepareCodeIndex(gpu, codes, n, inDim, out, d);
+  if (gi.index.chunkRows !== inDim) throw new Error("a small layer should be one chunk");
+  gi.release();
+  const bad = await uploadCodeIndex(gpu, buildCodeIndex(codes, n, inDim, out, d, { chunkRows: 3 }));
+  const b = { buffer: gpu.createBuffer(inDim * out * 4, "dwT") };
+  let msg = "";
+  try {
+    codebookGrad(gpu, b, bad, b);
+  } catch (e) {
+    msg = (e as Error).message;
+  }
+  bad.release();
+  gpu.releaseBuffer(b.buffer);
+  if (!msg.includes("aligned")) throw new Error(`expected an alignment error, got "${msg}"`);
+});
