@@ -26,7 +26,7 @@
 // update runs on the host in f64 in point order (O(N d), against the O(N n d) assignment). The
 // same inputs and seed give bit-identical centroids and codes.
 import code from "../../shaders/kmeans.wgsl" with { type: "text" };
-import { f32bits, type Gpu, grid } from "../gpu/device.ts";
+import { type Gpu, grid } from "../gpu/device.ts";
 import { Rng } from "../util/rng.ts";
 
 export interface KmeansOptions {
@@ -45,10 +45,17 @@ export interface KmeansOptions {
   /** Centroids scanned per dispatch (default 16,384; at most 60,000 for Mesa's loop cap). */
   maxCentroidsPerDispatch?: number;
   /**
-   * Use s(a), half the gap from a centroid to its nearest other centroid, as a lower bound. It
-   * costs n^2 distance evaluations per iteration; default: when n <= N / 8.
+   * Also use s(a), half the gap from a centroid to its nearest other centroid, as a lower bound.
+   * It costs n^2 distance evaluations per iteration; default false.
    */
   centroidGap?: boolean;
+  /**
+   * Most centroid groups for the bounds (a power of two, default 16): more groups filter better
+   * and cost 8 bytes per point each. Results do not depend on it.
+   */
+  maxGroups?: number;
+  /** Receives per-assignment-pass counts at the end (benchmarks, tests). */
+  onStats?: (stats: PassStats[]) => void;
 }
 
 export interface KmeansResult {
@@ -72,14 +79,17 @@ const FIRST = 1, GFIRST = 2, GLAST = 4, LISTED = 8, FINAL = 16;
 const MAX_RANGE = 60_000;
 /** Bytes between chunks' counters: a multiple of every minStorageBufferOffsetAlignment. */
 const CNT_STRIDE = 256;
+/** Cells of the initial k-d order; any power of two up to this makes compact groups. */
+const KD_CELLS = 1024;
+/** Default most groups (memory: 8 bytes per point per group). */
 const MAX_GROUPS = 16;
 /** Fewest centroids per group: each listed point is loaded once per group it is scanned in. */
 const MIN_GROUP = 64;
 
-/** Centroid groups G for n centroids: a power of two (k-d split), 1 .. MAX_GROUPS. */
-export function groupCount(n: number): number {
+/** Centroid groups G for n centroids: a power of two, 1 .. maxGroups. */
+export function groupCount(n: number, maxGroups = MAX_GROUPS): number {
   let g = 1;
-  while (g * 2 <= MAX_GROUPS && g * 2 * MIN_GROUP <= n) g *= 2;
+  while (g * 2 <= maxGroups && g * 2 <= KD_CELLS && g * 2 * MIN_GROUP <= n) g *= 2;
   return g;
 }
 
@@ -153,12 +163,14 @@ export function initCentroids(
   seed: number,
   init: "random" | "kmeans++" = "random",
 ): Float32Array {
-  return kdOrder(pickPoints(x, N, d, n, seed, init), n, d, groupCount(n));
+  let cells = 1;
+  while (cells * 2 <= Math.min(KD_CELLS, n)) cells *= 2;
+  return kdOrder(pickPoints(x, N, d, n, seed, init), n, d, cells);
 }
 
 /**
  * Reorders centroids [n, d] so that each group's index range holds a compact cell: the range of
- * groups [g0, g1) is sorted along the dimension of widest spread (ties by current position) and
+ * groups [g0, g1) is sorted along the dimension of widest spread (ties by draw order) and
  * split at group (g0 + g1) / 2, recursively. Within a group the order is kept.
  */
 export function kdOrder(c: Float32Array, n: number, d: number, G: number): Float32Array {
@@ -357,3 +369,266 @@ function sameBits(a: Float32Array, b: Float32Array): boolean {
   return true;
 }
 
+
+interface Chunk {
+  row0: number;
+  rows: number;
+  groups: number;
+  x: GPUBuffer; // [rows, d]
+  code: GPUBuffer; // [rows]
+  us: GPUBuffer; // [rows, 2]
+  lbs: GPUBuffer; // [rows, groups]
+  list: GPUBuffer; // [groups + 1, rows]
+}
+
+/** Counts of one assignment pass (for tests and benchmarks). */
+export interface PassStats {
+  /** Points that failed the first test and had their upper bound recomputed. */
+  tightened: number;
+  /** Points scanned against at least one group. */
+  active: number;
+  /** Point-group scans. */
+  listed: number;
+  evals: number;
+}
+
+/** GPU state of one k-means run: point chunks with their bounds, centroids, movements. */
+class Assigner {
+  private readonly P: number;
+  private readonly G: number;
+  private readonly scanPipe: GPUComputePipeline;
+  private readonly boundsPipe: GPUComputePipeline;
+  private readonly chunks: Chunk[] = [];
+  private readonly buffers: GPUBuffer[] = [];
+  private readonly cent: GPUBuffer; // [n, d]
+  private readonly moves: GPUBuffer; // [2n + G]: movement, nearest-other gap, group drift
+  private readonly cnt: GPUBuffer; // [chunks, CNT_STRIDE / 4]: G + 1 list lengths, tightened
+  private readonly zeros: GPUBuffer; // as cnt, all zero
+  private readonly gap: Chunk | null; // the centroids as points, for s
+  evals = 0;
+  passes = 0;
+  stats: PassStats[] = [];
+
+  constructor(
+    private readonly gpu: Gpu,
+    private readonly N: number,
+    private readonly d: number,
+    private readonly n: number,
+    private readonly accelerate: boolean,
+    useGap: boolean,
+    maxPoints: number,
+    private readonly range: number,
+    maxGroups: number,
+  ) {
+    this.P = pointsPerInvocation(d);
+    this.G = groupCount(n, maxGroups);
+    const src = expandTemplate(code, { D: d, P: this.P, WG });
+    const name = `kmeans_d${d}_p${this.P}_w${WG}`;
+    this.scanPipe = gpu.pipeline(name, src, "scan");
+    this.boundsPipe = gpu.pipeline(name, src, "bounds");
+    const mk = (bytes: number, label: string): GPUBuffer => {
+      const b = gpu.createBuffer(bytes, label);
+      this.buffers.push(b);
+      return b;
+    };
+    const mkChunk = (row0: number, rows: number, groups: number, xb?: GPUBuffer): Chunk => ({
+      row0,
+      rows,
+      groups,
+      x: xb ?? mk(rows * d * 4, "kmeans.x"),
+      code: mk(rows * 4, "kmeans.code"),
+      us: mk(rows * 8, "kmeans.us"),
+      lbs: mk(rows * groups * 4, "kmeans.lbs"),
+      list: mk(rows * (groups + 1) * 4, "kmeans.list"),
+    });
+    // Every per-chunk buffer must fit one binding; the active lists are the largest.
+    const fit = Math.floor(gpu.limits.maxBinding / (4 * Math.max(d, this.G + 1)));
+    const per = Math.max(1, Math.min(maxPoints, fit));
+    for (let r0 = 0; r0 < N; r0 += per) this.chunks.push(mkChunk(r0, Math.min(per, N - r0), this.G));
+    this.cent = mk(n * d * 4, "kmeans.centroids");
+    this.moves = mk((2 * n + this.G) * 4, "kmeans.moves");
+    this.cnt = mk(this.chunks.length * CNT_STRIDE, "kmeans.cnt");
+    this.zeros = mk(this.chunks.length * CNT_STRIDE, "kmeans.zeros");
+    this.gap = accelerate && useGap ? mkChunk(0, n, 1, this.cent) : null;
+  }
+
+  async upload(x: Float32Array): Promise<void> {
+    const d = this.d;
+    for (const c of this.chunks) {
+      await this.gpu.write(c.x, x.subarray(c.row0 * d, (c.row0 + c.rows) * d));
+    }
+  }
+
+  release(): void {
+    for (const b of this.buffers) this.gpu.releaseBuffer(b);
+    this.buffers.length = 0;
+  }
+
+  private scan(c: Chunk, count: number, c0: number, c1: number, flags: number, group = 0): void {
+    if (count === 0) return;
+    const [gx, gy] = grid(Math.ceil(count / (WG * this.P)), this.gpu.limits.maxWorkgroups);
+    const loff = flags & FINAL ? c.groups * c.rows : group * c.rows;
+    this.gpu.dispatch(this.scanPipe, [
+      new Uint32Array([count, c0, c1, flags, gx, this.n, c.groups, group, loff, c.rows]),
+      { buffer: c.x, size: c.rows * this.d * 4 },
+      { buffer: this.cent, size: this.n * this.d * 4 },
+      { buffer: c.list, size: c.rows * (c.groups + 1) * 4 },
+      { buffer: c.code, size: c.rows * 4 },
+      { buffer: c.us, size: c.rows * 8 },
+      { buffer: c.lbs, size: c.rows * c.groups * 4 },
+    ], [gx, gy]);
+    this.evals += count * (c1 - c0);
+  }
+
+  /** Scans centroid group g (in ranges of at most `range`) for `count` points. */
+  private scanGroup(c: Chunk, count: number, g: number, extra: number): void {
+    const lo = groupStart(g, this.n, c.groups), hi = groupStart(g + 1, this.n, c.groups);
+    for (let c0 = lo; c0 < hi; c0 += this.range) {
+      const c1 = Math.min(hi, c0 + this.range);
+      const flags = extra | (c0 === lo ? GFIRST : 0) | (c1 === hi ? GLAST : 0);
+      this.scan(c, count, c0, c1, c0 === 0 ? flags : flags & ~FIRST, g);
+    }
+  }
+
+  /** Every point of the chunk against every centroid; leaves bounds for the next pass. */
+  private scanAll(c: Chunk): void {
+    for (let g = 0; g < c.groups; g++) this.scanGroup(c, c.rows, g, FIRST);
+    this.scan(c, c.rows, 0, 0, FINAL);
+  }
+
+  /** Assigns every point to its nearest centroid of `cents`; `prev` is the last assignment's. */
+  async assign(cents: Float32Array, prev: Float32Array | null): Promise<Uint32Array> {
+    const { gpu, n, d, G } = this;
+    await gpu.write(this.cent, cents);
+    this.passes++;
+    const before = this.evals;
+    const stat: PassStats = { tightened: 0, active: 0, listed: 0, evals: 0 };
+    if (!this.accelerate || prev === null) {
+      for (const c of this.chunks) this.scanAll(c);
+      stat.active = this.N;
+      stat.listed = this.N * G;
+    } else {
+      // Movements rounded up to f32, and each group's largest.
+      const moves = new Float32Array(2 * n + G);
+      for (let j = 0; j < n; j++) {
+        let s = 0;
+        for (let k = 0; k < d; k++) {
+          const t = cents[j * d + k] - prev[j * d + k];
+          s += t * t;
+        }
+        moves[j] = roundUpF32(Math.sqrt(s));
+      }
+      for (let g = 0; g < G; g++) {
+        let m = 0;
+        for (let j = groupStart(g, n, G); j < groupStart(g + 1, n, G); j++) {
+          m = Math.max(m, moves[j]);
+        }
+        moves[2 * n + g] = m;
+      }
+      await gpu.write(this.moves, moves);
+      if (this.gap) {
+        this.scanAll(this.gap);
+        gpu.copy(this.gap.lbs, 0, this.moves, n * 4, n * 4);
+      }
+      gpu.copy(this.zeros, 0, this.cnt, 0, this.chunks.length * CNT_STRIDE);
+      for (let i = 0; i < this.chunks.length; i++) {
+        const c = this.chunks[i];
+        const [gx, gy] = grid(Math.ceil(c.rows / BOUNDS_WG), gpu.limits.maxWorkgroups);
+        gpu.dispatch(this.boundsPipe, [
+          new Uint32Array([c.rows, 0, 0, 0, gx * BOUNDS_WG, n, c.groups, 0, 0, c.rows]),
+          { buffer: c.x, size: c.rows * d * 4 },
+          { buffer: this.cent, size: n * d * 4 },
+          { buffer: c.list, size: c.rows * (c.groups + 1) * 4 },
+          { buffer: c.code, size: c.rows * 4 },
+          { buffer: c.us, size: c.rows * 8 },
+          { buffer: c.lbs, size: c.rows * c.groups * 4 },
+          { buffer: this.moves, size: (2 * n + G) * 4 },
+          { buffer: this.cnt, offset: i * CNT_STRIDE, size: (G + 2) * 4 },
+        ], [gx, gy]);
+      }
+      const counts = new Uint32Array(
+        await gpu.read(this.cnt, 0, this.chunks.length * CNT_STRIDE),
+      );
+      for (let i = 0; i < this.chunks.length; i++) {
+        const c = this.chunks[i];
+        const at = (i * CNT_STRIDE) / 4;
+        for (let g = 0; g < G; g++) {
+          this.scanGroup(c, counts[at + g], g, LISTED);
+          stat.listed += counts[at + g];
+        }
+        this.scan(c, counts[at + G], 0, 0, LISTED | FINAL);
+        stat.active += counts[at + G];
+        stat.tightened += counts[at + G + 1];
+        this.evals += counts[at + G + 1];
+      }
+    }
+    const codes = new Uint32Array(this.N);
+    for (const c of this.chunks) {
+      codes.set(new Uint32Array(await gpu.read(c.code, 0, c.rows * 4)), c.row0);
+    }
+    stat.evals = this.evals - before;
+    this.stats.push(stat);
+    return codes;
+  }
+}
+
+/**
+ * Lloyd's k-means of x [N, d] into n centroids (squared L2), exact: codes and centroids are those
+ * of brute-force Lloyd from the same initialisation (up to exact f32 ties), whether or not the
+ * bounds are used. Runs the initial assignment, then up to `iters` update + assignment rounds,
+ * stopping early when an update leaves the centroids bit-identical (a fixed point). The codes
+ * returned are the assignment to the returned centroids.
+ */
+export async function kmeans(
+  gpu: Gpu,
+  x: Float32Array,
+  N: number,
+  d: number,
+  n: number,
+  opts: KmeansOptions = {},
+): Promise<KmeansResult> {
+  if (!Number.isInteger(d) || d < 1 || d > 16) throw new Error(`kmeans: d = ${d} not in 1..16`);
+  if (!Number.isInteger(N) || !Number.isInteger(n) || n < 1 || N < n) {
+    throw new Error(`kmeans: need N >= n >= 1 distinct points (N = ${N}, n = ${n})`);
+  }
+  if (x.length < N * d) throw new Error(`kmeans: x holds ${x.length} values, not N * d = ${N * d}`);
+  if (n * d * 4 > gpu.limits.maxBinding) {
+    throw new Error(`kmeans: ${n} centroids of ${d} floats exceed one storage binding`);
+  }
+  const iters = opts.iters ?? 20;
+  const accelerate = opts.accelerate ?? true;
+  const maxPoints = Math.max(1, opts.maxPointsPerDispatch ?? Infinity);
+  const range = Math.max(1, Math.min(opts.maxCentroidsPerDispatch ?? 16_384, MAX_RANGE));
+  const useGap = opts.centroidGap ?? false;
+
+  let cents = initCentroids(x, N, d, n, opts.seed ?? 0, opts.init ?? "random");
+  const maxGroups = opts.maxGroups ?? MAX_GROUPS;
+  const a = new Assigner(gpu, N, d, n, accelerate, useGap, maxPoints, range, maxGroups);
+  try {
+    await a.upload(x);
+    let codes = await a.assign(cents, null);
+    let objective = sse(x, N, d, cents, codes);
+    opts.onIter?.(0, objective);
+    let iterations = 0;
+    while (iterations < iters) {
+      const next = updateCentroids(x, N, d, n, codes, cents);
+      if (sameBits(next, cents)) break;
+      codes = await a.assign(next, cents);
+      cents = next;
+      iterations++;
+      objective = sse(x, N, d, cents, codes);
+      opts.onIter?.(iterations, objective);
+    }
+    opts.onStats?.(a.stats);
+    return {
+      centroids: cents,
+      codes,
+      objective,
+      iterations,
+      distanceEvals: a.evals,
+      bruteForceEvals: a.passes * N * n,
+    };
+  } finally {
+    a.release();
+  }
+}

@@ -9,8 +9,8 @@ export interface BufferRange {
   size?: number;
 }
 
-/** What a binding slot takes: a storage range, or u32 words for a uniform. */
-export type Binding = BufferRange | Uint32Array;
+/** What a binding slot takes: a storage range, u32 words for a uniform, or null (slot unused). */
+export type Binding = BufferRange | Uint32Array | null;
 
 const NO_ADAPTER = "No WebGPU adapter found. Without a GPU, install Mesa's Vulkan driver " +
   "(Debian: apt-get install mesa-vulkan-drivers libvulkan1); with one, install its Vulkan driver.";
@@ -38,6 +38,7 @@ export class Gpu {
   private pending: GPUBuffer[] = [];
   private batchKernels = new Set<string>();
   private lostReason: string | null = null;
+  private uncaptured: string[] = [];
 
   constructor(readonly device: GPUDevice, info: GPUAdapterInfo) {
     const l = device.limits;
@@ -53,6 +54,10 @@ export class Gpu {
     this.hasF16 = device.features.has("shader-f16");
     device.lost.then((e) => {
       this.lostReason = `${e.reason}: ${e.message}`;
+    });
+    // Shader compilation and pipeline errors arrive here (they happen outside any scope).
+    device.addEventListener("uncapturederror", (e) => {
+      this.uncaptured.push((e as GPUUncapturedErrorEvent).error.message.split("\n")[0]);
     });
   }
 
@@ -72,12 +77,14 @@ export class Gpu {
         module = this.device.createShaderModule({ label: name, code });
         this.modules.set(name, module);
       }
+      const t0 = performance.now();
       p = this.device.createComputePipeline({
         label: `${name}.${entry}`,
         layout: "auto",
         compute: { module, entryPoint: entry, constants },
       });
       this.pipelines.set(key, p);
+      if (PROFILE) console.error(`pipeline ${key}: ${(performance.now() - t0).toFixed(0)} ms`);
     }
     return p;
   }
@@ -98,13 +105,10 @@ export class Gpu {
     if (x > max || y > max || z > max) {
       throw new Error(`${pipeline.label}: dispatch ${x}x${y}x${z} exceeds ${max} workgroups`);
     }
-    if (!this.encoder) {
-      this.device.pushErrorScope("out-of-memory");
-      this.device.pushErrorScope("validation");
-      this.encoder = this.device.createCommandEncoder();
-    }
-    this.batchKernels.add(pipeline.label);
-    const entries: GPUBindGroupEntry[] = bindings.map((b, i) => {
+    const encoder = this.begin(pipeline.label);
+    const entries: GPUBindGroupEntry[] = [];
+    bindings.forEach((b, i) => {
+      if (b === null) return;
       if (b instanceof Uint32Array) {
         const buf = this.device.createBuffer({
           size: Math.max(16, Math.ceil(b.byteLength / 16) * 16),
@@ -114,16 +118,20 @@ export class Gpu {
         new Uint32Array(buf.getMappedRange()).set(b);
         buf.unmap();
         this.pending.push(buf);
-        return { binding: i, resource: { buffer: buf } };
+        entries.push({ binding: i, resource: { buffer: buf } });
+      } else {
+        entries.push({
+          binding: i,
+          resource: { buffer: b.buffer, offset: b.offset ?? 0, size: b.size },
+        });
       }
-      return { binding: i, resource: { buffer: b.buffer, offset: b.offset ?? 0, size: b.size } };
     });
     const group = this.device.createBindGroup({
       label: pipeline.label,
       layout: pipeline.getBindGroupLayout(0),
       entries,
     });
-    const pass = this.encoder.beginComputePass({ label: pipeline.label });
+    const pass = encoder.beginComputePass({ label: pipeline.label });
     pass.setPipeline(pipeline);
     pass.setBindGroup(0, group);
     pass.dispatchWorkgroups(x, y, z);
@@ -142,7 +150,12 @@ export class Gpu {
     for (const b of this.pending) b.destroy();
     this.pending = [];
     const err = validation ?? oom;
-    if (err) throw new Error(`GPU error in kernels [${kernels}]: ${err.message}`);
+    if (err) {
+      const cause = this.uncaptured.splice(0).join("; ");
+      throw new Error(
+        `GPU error in kernels [${kernels}]: ${err.message}${cause ? ` (${cause})` : ""}`,
+      );
+    }
     this.checkLost();
   }
 
@@ -170,9 +183,16 @@ export class Gpu {
     return buf;
   }
 
+  /** Frees a buffer; when recorded work may still use it, after that work is submitted. */
   releaseBuffer(buf: GPUBuffer): void {
     this.bytesLive -= buf.size;
-    buf.destroy();
+    if (this.encoder) this.pending.push(buf);
+    else buf.destroy();
+  }
+
+  /** Zeroes a byte range, recorded in order with dispatches. */
+  clear(buf: GPUBuffer, offset = 0, size?: number): void {
+    this.begin("clear").clearBuffer(buf, offset, size);
   }
 
   /** Writes host data into a buffer at a byte offset (after any recorded work). */
@@ -196,13 +216,7 @@ export class Gpu {
       size: padded,
       usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
     });
-    if (!this.encoder) {
-      this.device.pushErrorScope("out-of-memory");
-      this.device.pushErrorScope("validation");
-      this.encoder = this.device.createCommandEncoder();
-    }
-    this.batchKernels.add("readback");
-    this.encoder.copyBufferToBuffer(buf, offset, staging, 0, padded);
+    this.begin("readback").copyBufferToBuffer(buf, offset, staging, 0, padded);
     await this.flush();
     await staging.mapAsync(GPUMapMode.READ);
     const out = staging.getMappedRange().slice(0, size);
@@ -214,19 +228,26 @@ export class Gpu {
 
   /** Copies between buffers, recorded in order with dispatches. */
   copy(src: GPUBuffer, srcOffset: number, dst: GPUBuffer, dstOffset: number, size: number): void {
+    this.begin("copy").copyBufferToBuffer(src, srcOffset, dst, dstOffset, size);
+  }
+
+  /** The open command encoder (one is opened, inside error scopes, when none is). */
+  private begin(kernel: string): GPUCommandEncoder {
     if (!this.encoder) {
       this.device.pushErrorScope("out-of-memory");
       this.device.pushErrorScope("validation");
       this.encoder = this.device.createCommandEncoder();
     }
-    this.batchKernels.add("copy");
-    this.encoder.copyBufferToBuffer(src, srcOffset, dst, dstOffset, size);
+    this.batchKernels.add(kernel);
+    return this.encoder;
   }
 
   private checkLost(): void {
     if (this.lostReason) throw new Error(`GPU device lost (${this.lostReason})`);
   }
 }
+
+const PROFILE = Deno.env.get("CLUSCOMP_PROFILE") === "1";
 
 let current: Promise<Gpu> | null = null;
 

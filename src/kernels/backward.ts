@@ -21,8 +21,9 @@ const DW_CHUNK_T = 64 * 60_000;
  *   dx[h, t] (+)= r w[h] dy[h, t] - x[h, t] r^3 / H * sum_h' w[h'] dy[h', t] x[h', t]
  * with r = 1 / sqrt(mean_h(x[:, t]^2) + eps); x, dy, dx [H, T], w [H]. dx must not overlap x or
  * dy. With `dw` [H] (and the scratch `rstd` [T] it needs), also
- *   dw[h] (+)= sum_t dy[h, t] x[h, t] r[t]
- * summed in a fixed order (deterministic). `accumulate` adds into dx and dw instead of writing.
+ *   dw[h] += sum_t dy[h, t] x[h, t] r[t]
+ * summed in a fixed order (deterministic); dw accumulates (for micro-batches) unless
+ * `accumulateDw` is false. `accumulate` adds into dx instead of writing it.
  */
 export function rmsnormBackward(
   gpu: Gpu,
@@ -33,7 +34,7 @@ export function rmsnormBackward(
   H: number,
   T: number,
   eps: number,
-  opts: { accumulate?: boolean; dw?: BufferRange; rstd?: BufferRange } = {},
+  opts: { accumulate?: boolean; dw?: BufferRange; rstd?: BufferRange; accumulateDw?: boolean } = {},
 ): void {
   if (!(H >= 1 && H <= RMSNORM_BACKWARD_MAX_H)) {
     throw new Error(`rmsnormBackward: H = ${H} is outside [1, ${RMSNORM_BACKWARD_MAX_H}]`);
@@ -63,7 +64,7 @@ export function rmsnormBackward(
     const [hx, hy] = grid(H, max);
     for (let t0 = 0; t0 < T; t0 += DW_CHUNK_T) {
       const tn = Math.min(DW_CHUNK_T, T - t0);
-      const first = t0 === 0 ? acc : 1;
+      const first = t0 > 0 || (opts.accumulateDw ?? true) ? 1 : 0;
       gpu.dispatch(pipe, [new Uint32Array([H, T, t0, tn, hx, first]), x, dy, rstd, dw], [hx, hy]);
     }
   } else {
@@ -195,8 +196,8 @@ export function siluMulBackwardInPlace(
   ], [gx, gy]);
 }
 
-/** Target id meaning "no target" (as in loss.ts): the row's gradient is 0. */
-export const NO_TARGET = 0xffffffff;
+/** Target id meaning "no target" (from loss.ts): the row's gradient is 0. */
+export { NO_TARGET } from "./loss.ts";
 /** Largest vocabulary whose per-lane loops (2 * ceil(V / 256)) stay under Mesa's limit. */
 export const XENT_MAX_V = 256 * 32_000;
 
@@ -255,7 +256,7 @@ export function buildTokenIndex(
   H: number,
   pieceItems?: number,
 ): CodeIndex {
-  return buildCodeIndex(ids, vocab, ids.length, H, H, { pieceItems });
+  return buildCodeIndex(ids, vocab, ids.length, H, H, { pieceItems, layout: "features" });
 }
 
 /**
@@ -273,7 +274,7 @@ export function embedBackward(
   opts: { accumulate?: boolean } = {},
 ): void {
   const ix = tokens.index;
-  if (ix.cols !== 1 || ix.d !== ix.out || ix.chunkRows < ix.inDim) {
+  if (ix.layout !== "features") {
     throw new Error("embedBackward: the index was not built by buildTokenIndex");
   }
   const H = ix.d, T = ix.inDim;
@@ -284,11 +285,8 @@ export function embedBackward(
       `embedBackward: dx [${H}, ${T}] exceeds the ${gpu.limits.maxBinding}-byte binding limit`,
     );
   }
-  segmentSum(gpu, tokens, {
-    rowStride: 1,
-    colStride: T,
-    chunk: () => ({ buffer: dx.buffer, offset: dx.offset ?? 0, size: H * T * 4 }),
-  }, dTable, opts.accumulate ?? false, "embedBackward");
+  const whole = () => ({ buffer: dx.buffer, offset: dx.offset ?? 0, size: H * T * 4 });
+  segmentSum(gpu, tokens, whole, dTable, opts.accumulate ?? false, "embedBackward");
 }
 
 function fits(kernel: string, name: string, r: BufferRange, floats: number): void {

@@ -21,6 +21,12 @@ export const MAX_SLOTS_PER_KEY = 65_000;
  * plain CSR: positions[offsets[k] .. offsets[k + 1]) are the items of key k in ascending order.
  */
 export interface CodeIndex {
+  /**
+   * How the source is laid out: "rows", row-major [inDim, out] (W^T's gradient, items are
+   * vectors of d neighbouring columns); "features", feature-major [out, inDim] (dx [H, T], items
+   * are the inDim columns, cols = 1 and d = out).
+   */
+  layout: "rows" | "features";
   /** Keys (clusters). */
   n: number;
   /** Source rows (in_features of the layer, or tokens). */
@@ -58,9 +64,13 @@ export function buildCodeIndex(
   inDim: number,
   out: number,
   d: number,
-  opts: { chunkRows?: number; pieceItems?: number } = {},
+  opts: { chunkRows?: number; pieceItems?: number; layout?: "rows" | "features" } = {},
 ): CodeIndex {
   const chunkRows = opts.chunkRows ?? inDim;
+  const layout = opts.layout ?? "rows";
+  if (layout === "features" && (d !== out || chunkRows < inDim)) {
+    throw new Error(`buildCodeIndex: a feature-major index needs d = out and one chunk`);
+  }
   const P = opts.pieceItems ?? PIECE_ITEMS;
   for (const [name, v] of [["n", n], ["inDim", inDim], ["out", out], ["d", d]] as const) {
     if (!(Number.isInteger(v) && v >= 1)) {
@@ -136,6 +146,7 @@ export function buildCodeIndex(
     chunkPieces[c + 1] = pi;
   }
   return {
+    layout,
     n,
     inDim,
     out,
@@ -165,43 +176,62 @@ export interface GpuCodeIndex {
   /** u32 [pieces * 3 + n + 1]: the piece triples, then slotOffsets at slotBase. */
   ix: GPUBuffer;
   slotBase: number;
-  /** u32 [items]. */
-  positions: GPUBuffer;
+  /**
+   * u32 [items], in the order of index.positions: the offset of each item's component 0 within
+   * its chunk of the source, bit 31 set on a "rows" vector cut short by the end of its row.
+   */
+  items: GPUBuffer;
   /** f32 [slots, d]. */
   partial: GPUBuffer;
   release(): void;
 }
 
+const PARTIAL = 0x80000000;
+
 /** Uploads an index; release() frees its buffers. */
 export async function uploadCodeIndex(gpu: Gpu, index: CodeIndex): Promise<GpuCodeIndex> {
-  const slots = index.slotOffsets[index.n];
-  const ixLen = index.pieces.length + index.n + 1;
+  const { n, d, out, cols, chunkRows, positions, layout } = index;
+  const slots = index.slotOffsets[n];
+  const ixLen = index.pieces.length + n + 1;
   const max = gpu.limits.maxBinding;
-  if (ixLen * 4 > max || slots * index.d * 4 > max) {
+  if (ixLen * 4 > max || slots * d * 4 > max) {
     throw new Error(
-      `uploadCodeIndex: ${index.pieces.length / 3} pieces of ${index.d} components exceed ` +
+      `uploadCodeIndex: ${index.pieces.length / 3} pieces of ${d} components exceed ` +
         `the ${max}-byte binding limit`,
     );
+  }
+  if (Math.min(chunkRows, index.inDim) * out >= PARTIAL) {
+    throw new Error(`uploadCodeIndex: chunks of ${chunkRows} rows exceed u32 offsets`);
   }
   const ixData = new Uint32Array(ixLen);
   ixData.set(index.pieces);
   ixData.set(index.slotOffsets, index.pieces.length);
+  const items = new Uint32Array(positions.length);
+  if (layout === "features") {
+    items.set(positions);
+  } else {
+    const short = out % d !== 0;
+    for (let q = 0; q < positions.length; q++) {
+      const v = positions[q], r = Math.floor(v / cols), cv = v - r * cols;
+      items[q] = ((r % chunkRows) * out + cv * d + (short && cv === cols - 1 ? PARTIAL : 0)) >>> 0;
+    }
+  }
   const ix = gpu.createBuffer(ixLen * 4, "code index");
-  const positions = gpu.createBuffer(index.positions.length * 4, "code positions");
-  const partial = gpu.createBuffer(slots * index.d * 4, "code partial sums");
+  const itemBuf = gpu.createBuffer(items.length * 4, "code items");
+  const partial = gpu.createBuffer(slots * d * 4, "code partial sums");
   await gpu.write(ix, ixData);
-  await gpu.write(positions, index.positions);
+  await gpu.write(itemBuf, items);
   let released = false;
   return {
     index,
     ix,
     slotBase: index.pieces.length,
-    positions,
+    items: itemBuf,
     partial,
     release() {
       if (released) return;
       released = true;
-      for (const b of [ix, positions, partial]) gpu.releaseBuffer(b);
+      for (const b of [ix, itemBuf, partial]) gpu.releaseBuffer(b);
     },
   };
 }
@@ -221,28 +251,22 @@ export function prepareCodeIndex(
 
 const WG = 64;
 
-/**
- * How segmentSum reads the source: component j of item v = r * cols + cv at
- * (r - row0) * rowStride + (cv * d + j) * colStride of each chunk's binding.
- */
-export interface SourceLayout {
-  rowStride: number;
-  colStride: number;
-  /** The binding of source rows [row0, row0 + rows). */
-  chunk(row0: number, rows: number): BufferRange;
-}
+/** The source of segmentSum: the binding of rows [row0, row0 + rows) of each chunk. */
+export type SourceChunk = (row0: number, rows: number) => BufferRange;
 
 /** out[k, j] (+)= sum over the items of key k of component j: both passes. */
 export function segmentSum(
   gpu: Gpu,
   gi: GpuCodeIndex,
-  src: SourceLayout,
+  src: SourceChunk,
   out: BufferRange,
   accumulate: boolean,
   kernel: string,
 ): void {
   const ix = gi.index;
   const { n, d, cols, chunkRows, inDim } = ix;
+  const colStride = ix.layout === "features" ? inDim : 1;
+  const tail = ix.out - (cols - 1) * d;
   const chunks = ix.chunkPieces.length - 1;
   const pieces = gpu.pipeline("codebook_grad", gradCode, "segment_pieces");
   const ixBinding = { buffer: gi.ix, offset: 0, size: (gi.slotBase + n + 1) * 4 };
@@ -254,27 +278,13 @@ export function segmentSum(
     const row0 = c * chunkRows, rows = Math.min(chunkRows, inDim - row0);
     const pos0 = ix.offsets[c * n], pos1 = ix.offsets[(c + 1) * n];
     const base = Math.floor((pos0 * 4) / align) * align / 4;
-    const data = src.chunk(row0, rows);
     const [gx, gy] = grid(Math.ceil((np * d) / WG), gpu.limits.maxWorkgroups);
     gpu.dispatch(pieces, [
-      new Uint32Array([
-        np,
-        p0,
-        d,
-        cols,
-        row0,
-        base,
-        src.rowStride,
-        src.colStride,
-        ix.out,
-        gi.slotBase,
-        0,
-        gx * WG,
-      ]),
+      new Uint32Array([np, p0, d, base, colStride, tail, gi.slotBase, 0, gx * WG]),
       ixBinding,
       partial,
-      data,
-      { buffer: gi.positions, offset: base * 4, size: (pos1 - base) * 4 },
+      src(row0, rows),
+      { buffer: gi.items, offset: base * 4, size: (pos1 - base) * 4 },
     ], [gx, gy]);
   }
   const reduce = gpu.pipeline("codebook_grad", gradCode, "segment_reduce");
@@ -286,7 +296,7 @@ export function segmentSum(
       throw new Error(`${kernel}: output row ${ch.row0} lands at unaligned byte ${target.offset}`);
     }
     gpu.dispatch(reduce, [
-      new Uint32Array([ch.rows, ch.row0, d, cols, 0, 0, 0, 0, 0, gi.slotBase, +accumulate, gx * WG]),
+      new Uint32Array([ch.rows, ch.row0, d, 0, 0, 0, gi.slotBase, +accumulate, gx * WG]),
       ixBinding,
       partial,
       target,
@@ -306,7 +316,8 @@ export function codebookGrad(
   dC: BufferRange,
   opts: { accumulate?: boolean } = {},
 ): void {
-  const { n, d, inDim, out, chunkRows } = gi.index;
+  const { n, d, inDim, out, chunkRows, layout } = gi.index;
+  if (layout !== "rows") throw new Error("codebookGrad: the index is not a codebook index");
   fits("codebookGrad", "dwT", dwT, inDim * out);
   fits("codebookGrad", "dC", dC, n * d);
   const off = dwT.offset ?? 0;
@@ -325,15 +336,12 @@ export function codebookGrad(
         `${gpu.limits.maxBinding}-byte binding limit; build the index with codeChunkRows`,
     );
   }
-  segmentSum(gpu, gi, {
-    rowStride: out,
-    colStride: 1,
-    chunk: (row0, rows) => ({
-      buffer: dwT.buffer,
-      offset: off + row0 * rowBytes,
-      size: rows * rowBytes,
-    }),
-  }, dC, opts.accumulate ?? false, "codebookGrad");
+  const chunk = (row0: number, rows: number) => ({
+    buffer: dwT.buffer,
+    offset: off + row0 * rowBytes,
+    size: rows * rowBytes,
+  });
+  segmentSum(gpu, gi, chunk, dC, opts.accumulate ?? false, "codebookGrad");
 }
 
 /**
@@ -359,15 +367,24 @@ export function decodeCodebook(
   while ((codeStep * cols * 4) % align !== 0) codeStep++;
   const pipe = gpu.pipeline("codebook", decodeCode, "decode");
   const wOff = wT.offset ?? 0, cOff = codes.offset ?? 0;
+  const max = gpu.limits.maxWorkgroups;
+  const gx = Math.ceil(cols / 64);
+  if (gx > max) throw new Error(`decodeCodebook: ${cols} codes per row exceed the grid`);
   for (const ch of rowChunks(inDim, out * 4, maxBinding, align, codeStep)) {
-    const total = ch.rows * out;
-    const [gx, gy] = grid(Math.ceil(total / 256), gpu.limits.maxWorkgroups);
-    gpu.dispatch(pipe, [
-      new Uint32Array([ch.rows, out, cols, d, gx * 256]),
-      centroids,
-      { buffer: codes.buffer, offset: cOff + ch.row0 * cols * 4, size: ch.rows * cols * 4 },
-      { buffer: wT.buffer, offset: wOff + ch.row0 * out * 4, size: total * 4 },
-    ], [gx, gy]);
+    const codeRange = {
+      buffer: codes.buffer,
+      offset: cOff + ch.row0 * cols * 4,
+      size: ch.rows * cols * 4,
+    };
+    const wRange = { buffer: wT.buffer, offset: wOff + ch.row0 * out * 4, size: ch.rows * out * 4 };
+    for (let r0 = 0; r0 < ch.rows; r0 += max) {
+      gpu.dispatch(pipe, [
+        new Uint32Array([out, cols, d, r0]),
+        centroids,
+        codeRange,
+        wRange,
+      ], [gx, Math.min(max, ch.rows - r0)]);
+    }
   }
 }
 

@@ -37,8 +37,8 @@ export interface MatmulArgs {
 }
 
 /** Rows and columns of C per invocation; must match TM and TN in shaders/matmul.wgsl. */
-export const MATMUL_TM = 24;
-export const MATMUL_TN = 24;
+export const MATMUL_TM = 32;
+export const MATMUL_TN = 16;
 /** Most k steps one dispatch runs (one loop iteration per k step and invocation). */
 export const MATMUL_MAX_K = 32768;
 
@@ -100,6 +100,9 @@ function resolve(args: MatmulArgs): Resolved {
     if (typeof v === "number" && (!Number.isInteger(v) || v < 0)) {
       throw new Error(`matmul: ${name} must be a non-negative integer, got ${v}`);
     }
+  }
+  if (args.c === args.a || args.c === args.b) {
+    throw new Error(`matmul: C (${args.c.label}) must not share a buffer with At or B`);
   }
   if (r.aDiv < 1 || r.bDiv < 1) {
     throw new Error(`matmul: aBatchDiv and bBatchDiv must be >= 1, got ${r.aDiv}, ${r.bDiv}`);
@@ -244,14 +247,10 @@ export function matmul(gpu: Gpu, args: MatmulArgs): void {
   const { M, N, K, batch } = r;
   const tileM = (INVOCATIONS / pl.ln) * MATMUL_TM;
   const gx = ceilDiv(N, pl.ln * MATMUL_TN);
-  const pipes = [false, true].map((acc) =>
-    gpu.pipeline("matmul", code, "main", {
-      VEC_A: pl.vecA ? 1 : 0,
-      VEC_B: pl.vecB ? 1 : 0,
-      ACCUMULATE: acc ? 1 : 0,
-      LN: pl.ln,
-    })
-  );
+  const pipe = gpu.pipeline("matmul", code, "main", {
+    VEC_A: pl.vecA ? 1 : 0,
+    VEC_B: pl.vecB ? 1 : 0,
+  });
   for (let z0 = 0; z0 < batch; z0 += pl.zc) {
     const zn = Math.min(pl.zc, batch - z0);
     const aB0 = Math.floor(z0 / r.aDiv), aB1 = Math.floor((z0 + zn - 1) / r.aDiv);
@@ -285,12 +284,11 @@ export function matmul(gpu: Gpu, args: MatmulArgs): void {
           r.aDiv,
           r.bDiv,
           z0,
+          pl.ln,
+          accumulate ? 1 : 0,
         ]);
-        gpu.dispatch(pipes[accumulate ? 1 : 0], [params, a.range, b.range, c.range, a.range, b.range], [
-          gx,
-          ceilDiv(mn, tileM),
-          zn,
-        ]);
+        const bindings = [params, a.range, b.range, c.range, a.range, b.range];
+        gpu.dispatch(pipe, bindings, [gx, ceilDiv(mn, tileM), zn]);
       }
     }
   }

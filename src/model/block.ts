@@ -161,15 +161,36 @@ export class BlockScratch {
   }
 }
 
-/** x^T [hidden, N] <- block(x^T), in place. */
-export function forwardBlock(gpu: Gpu, b: BlockWeights, x: Tensor, s: BlockScratch): void {
+/**
+ * Activations the backward pass needs besides what the scratch still holds afterwards
+ * (q, k, v, o, h = h2, up, and gate = silu(g) * up).
+ */
+export interface KeptActivations {
+  xIn: Tensor;
+  h1: Tensor;
+  x2: Tensor;
+  g: Tensor;
+}
+
+/** x^T [hidden, N] <- block(x^T), in place; `keep` copies what backward needs. */
+export function forwardBlock(
+  gpu: Gpu,
+  b: BlockWeights,
+  x: Tensor,
+  s: BlockScratch,
+  keep?: KeptActivations,
+): void {
   const cfg = s.cfg;
   const n = s.n, T = s.seqlen, hd = cfg.headDim, H = cfg.hidden, I = cfg.intermediate;
   const qDim = cfg.heads * hd, kvDim = cfg.kvHeads * hd;
   const group = cfg.heads / cfg.kvHeads;
 
+  if (keep && s.mlpChunk < n) throw new Error("forwardBlock: keep needs the MLP in one chunk");
+  if (keep) gpu.copy(x.buffer, 0, keep.xIn.buffer, 0, x.bytes);
+
   // Attention.
   rmsnorm(gpu, x.all, b.inputNorm.all, s.h.all, H, n, cfg.rmsNormEps);
+  if (keep) gpu.copy(s.h.buffer, 0, keep.h1.buffer, 0, s.h.bytes);
   matmul(gpu, {
     M: qDim,
     N: n,
@@ -266,6 +287,8 @@ export function forwardBlock(gpu: Gpu, b: BlockWeights, x: Tensor, s: BlockScrat
     accumulate: true,
   });
 
+  if (keep) gpu.copy(x.buffer, 0, keep.x2.buffer, 0, x.bytes);
+
   // MLP, in token chunks so [intermediate, chunk] fits one binding.
   rmsnorm(gpu, x.all, b.postNorm.all, s.h.all, H, n, cfg.rmsNormEps);
   for (let c0 = 0; c0 < n; c0 += s.mlpChunk) {
@@ -294,6 +317,7 @@ export function forwardBlock(gpu: Gpu, b: BlockWeights, x: Tensor, s: BlockScrat
       c: s.up.buffer,
       ldc: nc,
     });
+    if (keep) gpu.copy(s.gate.buffer, 0, keep.g.buffer, 0, I * nc * 4);
     siluMul(gpu, s.gate.all, s.up.all, I * nc);
     matmul(gpu, {
       M: H,

@@ -1,6 +1,6 @@
 import { getGpu } from "../../src/gpu/device.ts";
 import { Tensor } from "../../src/gpu/tensor.ts";
-import { adamw, type AdamWStep, adamwScalars } from "../../src/kernels/adamw.ts";
+import { adamw, adamwScalars, type AdamWStep } from "../../src/kernels/adamw.ts";
 import { adamwRef } from "../reference/adamw.ts";
 import { assertClose, randomF32 } from "../util.ts";
 
@@ -64,11 +64,16 @@ Deno.test("adamwRef follows torch.optim.AdamW on a hand-computed scalar", () => 
 
 Deno.test("adamwScalars computes bias corrections in float64 and rejects step 0", () => {
   const s = adamwScalars({ ...base, step: 3 });
-  assertClose([s.stepSize, s.bc2sqrt, s.decay], [
-    1e-3 / (1 - 0.9 ** 3),
-    Math.sqrt(1 - 0.999 ** 3),
-    1 - 1e-5,
-  ], 0, 1e-15);
+  assertClose(
+    [s.stepSize, s.bc2sqrt, s.decay],
+    [
+      1e-3 / (1 - 0.9 ** 3),
+      Math.sqrt(1 - 0.999 ** 3),
+      1 - 1e-5,
+    ],
+    0,
+    1e-15,
+  );
   let msg = "";
   try {
     adamwScalars({ ...base, step: 0 });

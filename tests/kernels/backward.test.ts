@@ -1,4 +1,4 @@
-import { type Gpu, getGpu } from "../../src/gpu/device.ts";
+import { getGpu, type Gpu } from "../../src/gpu/device.ts";
 import { Tensor } from "../../src/gpu/tensor.ts";
 import { rope, ropeTables } from "../../src/kernels/rope.ts";
 import {
@@ -47,7 +47,7 @@ function randomInts(n: number, below: number, seed: number): Uint32Array {
   return Uint32Array.from({ length: n }, () => rng.int(below));
 }
 
-async function expectThrow(f: () => void, part: string) {
+function expectThrow(f: () => void, part: string): void {
   let msg = "";
   try {
     f();
@@ -138,6 +138,7 @@ async function rmsnormOnGpu(
     dw: tdw.all,
     rstd: tr.all,
     accumulate: init !== undefined,
+    ...(init ? {} : { accumulateDw: false }), // dw accumulates by default
   });
   const dx = await tdx.toF32(), dw = await tdw.toF32();
   // Without dw: the plain entry point gives the same dx.
@@ -200,22 +201,26 @@ Deno.test("rmsnormBackward dw sums 4,000,000 tokens over two dispatches", async 
 Deno.test("rmsnormBackward rejects H past the loop limit and dw without rstd", async () => {
   const gpu = await getGpu();
   const b = { buffer: gpu.createBuffer(16, "tiny") };
-  await expectThrow(
+  expectThrow(
     () => rmsnormBackward(gpu, b, b, b, b, RMSNORM_BACKWARD_MAX_H + 1, 1, 1e-5),
     "outside",
   );
-  await expectThrow(() => rmsnormBackward(gpu, b, b, b, b, 1, 1, 1e-5, { dw: b }), "rstd");
+  expectThrow(() => rmsnormBackward(gpu, b, b, b, b, 1, 1, 1e-5, { dw: b }), "rstd");
   gpu.releaseBuffer(b.buffer);
 });
 
 // ---------------------------------------------------------------- ropeBackward
 
-for (const [nHeads, hd, T, pos0] of [[1, 2, 1, 0], [3, 8, 1, 5], [5, 64, 259, 0], [4, 16, 67, 1e5]]) {
+for (
+  const [nHeads, hd, T, pos0] of [[1, 2, 1, 0], [3, 8, 1, 5], [5, 64, 259, 0], [4, 16, 67, 1e5]]
+) {
   Deno.test(`ropeBackward matches reference and undoes rope (heads=${nHeads}, headDim=${hd}, T=${T})`, async () => {
     const gpu = await getGpu();
     const g = randomF32(nHeads * hd * T, T + hd, -2, 2);
     const { cos, sin } = ropeTables(invFreq(hd), T, pos0);
-    const tg = await up(gpu, g, "g"), tc = await up(gpu, cos, "cos"), ts = await up(gpu, sin, "sin");
+    const tg = await up(gpu, g, "g"),
+      tc = await up(gpu, cos, "cos"),
+      ts = await up(gpu, sin, "sin");
     ropeBackward(gpu, tg.all, tc.all, ts.all, nHeads, hd, T);
     assertClose(await tg.toF32(), ropeBackwardRef(g, cos, sin, nHeads, hd, T), 1e-6, 1e-6, "rope");
     rope(gpu, tg.all, tc.all, ts.all, nHeads, hd, T);

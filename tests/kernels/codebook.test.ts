@@ -2,9 +2,9 @@ import { getGpu } from "../../src/gpu/device.ts";
 import { Tensor } from "../../src/gpu/tensor.ts";
 import {
   buildCodeIndex,
-  type CodeIndex,
   codebookGrad,
   codeChunkRows,
+  type CodeIndex,
   decodeCodebook,
   prepareCodeIndex,
   uploadCodeIndex,
@@ -102,7 +102,14 @@ async function decodeOnGpu(
   return got;
 }
 
-for (const [n, d, inDim, out] of [[5, 1, 1, 1], [37, 3, 50, 100], [256, 4, 67, 64], [3, 8, 9, 5]]) {
+for (
+  const [n, d, inDim, out] of [[5, 1, 1, 1], [37, 3, 50, 100], [256, 4, 67, 64], [3, 8, 9, 5], [
+    7,
+    2,
+    70_000,
+    5,
+  ]]
+) {
   Deno.test(`decodeCodebook matches reference (n=${n}, d=${d}, in=${inDim}, out=${out})`, async () => {
     const C = randomF32(n * d, n + d), codes = randomCodes(inDim * Math.ceil(out / d), n, out);
     codes[codes.length - 1] = n - 1;

@@ -13,7 +13,9 @@ function transposeRef(src: Float32Array, R: number, C: number, batch: number): F
   return out;
 }
 
-for (const [R, C, batch] of [[1, 1, 1], [1, 7, 1], [7, 1, 2], [3, 5, 1], [67, 130, 3], [1025, 4099, 1]]) {
+for (
+  const [R, C, batch] of [[1, 1, 1], [1, 7, 1], [7, 1, 2], [3, 5, 1], [67, 130, 3], [1025, 4099, 1]]
+) {
   Deno.test(`transpose matches reference (R=${R}, C=${C}, batch=${batch})`, async () => {
     const gpu = await getGpu();
     const src = randomF32(R * C * batch, R + C);
@@ -36,7 +38,13 @@ Deno.test("transpose reads and writes ranges at offsets", async () => {
   const src = randomF32(off + R * C, 3);
   const ts = await Tensor.from(gpu, src, [src.length], "src");
   const td = await Tensor.from(gpu, new Float32Array(off + R * C).fill(-1), [off + R * C], "dst");
-  transpose(gpu, { buffer: ts.buffer, offset: off * 4 }, { buffer: td.buffer, offset: off * 4 }, R, C);
+  transpose(
+    gpu,
+    { buffer: ts.buffer, offset: off * 4 },
+    { buffer: td.buffer, offset: off * 4 },
+    R,
+    C,
+  );
   const got = await td.toF32();
   assertClose(got.subarray(0, off), new Float32Array(off).fill(-1), 0, 0, "untouched");
   assertClose(got.subarray(off), transposeRef(src.subarray(off), R, C, 1), 0, 0, "dst");

@@ -25,16 +25,25 @@ export function matmulRef(
   const ms = rows ?? Array.from({ length: M }, (_, i) => i);
   const ns = cols ?? Array.from({ length: N }, (_, i) => i);
   const out = args.c.slice();
+  const acc = new Float64Array(ms.length * ns.length);
   for (let z = 0; z < batch; z++) {
     const ab = aOff + Math.floor(z / aDiv) * aBS;
     const bb = bOff + Math.floor(z / bDiv) * bBS;
     const cb = cOff + z * cBS;
-    for (const m of ms) {
-      for (const n of ns) {
-        let acc = 0;
-        for (let k = 0; k < K; k++) acc += a[ab + k * lda + m] * b[bb + k * ldb + n];
-        const i = cb + m * ldc + n;
-        out[i] = args.accumulate ? out[i] + acc : acc;
+    acc.fill(0);
+    // k outermost so that rows of At and B are read in order.
+    for (let k = 0; k < K; k++) {
+      const ak = ab + k * lda, bk = bb + k * ldb;
+      for (let i = 0; i < ms.length; i++) {
+        const av = a[ak + ms[i]];
+        const row = i * ns.length;
+        for (let j = 0; j < ns.length; j++) acc[row + j] += av * b[bk + ns[j]];
+      }
+    }
+    for (let i = 0; i < ms.length; i++) {
+      for (let j = 0; j < ns.length; j++) {
+        const o = cb + ms[i] * ldc + ns[j];
+        out[o] = args.accumulate ? out[o] + acc[i * ns.length + j] : acc[i * ns.length + j];
       }
     }
   }
