@@ -35,6 +35,7 @@ struct Params {
   z0: u32, // global batch index of workgroup z = 0
   ln: u32, // invocations along n per workgroup (1, 2, 4 or 8); 8 / ln along m
   accumulate: u32, // 1: C += result, 0: C = result
+  group_m: u32, // tile rows per group in the workgroup order (>= 1), see main()
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -99,9 +100,22 @@ fn stash(s: u32, acc: mat4x4<f32>) {
 }
 
 @compute @workgroup_size(8)
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-  let m0 = (wg.y * (8u / p.ln) + lid.x / p.ln) * TM;
-  let n0 = (wg.x * p.ln + lid.x % p.ln) * TN;
+fn main(
+  @builtin(workgroup_id) wg: vec3<u32>,
+  @builtin(num_workgroups) nwg: vec3<u32>,
+  @builtin(local_invocation_id) lid: vec3<u32>,
+) {
+  // llvmpipe runs workgroups in linear order (x fastest). Renumber the (tile_m, tile_n) grid
+  // in groups of group_m tile rows, column by column inside a group: consecutive workgroups
+  // share one panel of B and the group's panels of At stay in cache.
+  let lin = wg.x + wg.y * nwg.x;
+  let per_group = p.group_m * nwg.x;
+  let first_m = (lin / per_group) * p.group_m;
+  let rows = min(nwg.y - first_m, p.group_m);
+  let tile_m = first_m + (lin % per_group) % rows;
+  let tile_n = (lin % per_group) / rows;
+  let m0 = (tile_m * (8u / p.ln) + lid.x / p.ln) * TM;
+  let n0 = (tile_n * p.ln + lid.x % p.ln) * TN;
   let z = p.z0 + wg.z;
   var ia = p.a_off + (z / p.a_div - p.z0 / p.a_div) * p.a_bstride + m0; // At(k, m0)
   var ib = p.b_off + (z / p.b_div - p.z0 / p.b_div) * p.b_bstride + n0; // B(k, n0)

@@ -3,7 +3,8 @@ import { existsSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import type { ClusterSettings, MatrixSettings } from "../cluster/plan.ts";
 import { UserError } from "../errors.ts";
-import { LINEAR_KINDS, type LinearKind } from "../io/config.ts";
+import { defaultCalib, defaultLr } from "../finetune/calib.ts";
+import { LINEAR_KINDS, type LinearKind, loadConfig } from "../io/config.ts";
 import { compress, type CompressSettings } from "../pipeline/compress.ts";
 import { Progress } from "../pipeline/progress.ts";
 import { bytesFlag, intFlag, numberFlag, parseFlags } from "./args.ts";
@@ -30,6 +31,16 @@ prints the perplexity of the original and compressed model on WikiText-2 (64 win
   --init I               random (default) or kmeans++
   --group G              RTN group size (default 128)
   --seed S               seed (default 0)
+  --no-finetune          skip the block-wise codebook finetuning
+  --calib FILE           calibration text for finetuning (required unless --no-finetune)
+  --calib-samples S      calibration windows (default 128; 64 for small models)
+  --calib-seqlen L       tokens per window (default 2048; 128 for small models)
+  --holdout F            share of windows held out to pick the best epoch (default 0.1)
+  --epochs E             epochs per block (default 20; stops early, see --patience)
+  --patience P           epochs without held-out improvement before stopping (default 2)
+  --lr LR                AdamW learning rate (default 5e-3 scaled by calibration tokens / 262,144)
+  --weight-decay W       AdamW weight decay (default 0.1)
+  --extra-term           also fit the full-precision block applied to the student's input
   --eval-text FILE       evaluate original and compressed perplexity on FILE
   --eval-seqlen N        window length (default 2048)
   --eval-max-windows K   first K windows only
@@ -86,6 +97,15 @@ export async function compressMain(argv: string[]): Promise<number> {
     "eval-max-windows": { type: "string" },
     "gpu-memory": { type: "string" },
     "no-finetune": { type: "boolean" },
+    calib: { type: "string" },
+    "calib-samples": { type: "string" },
+    "calib-seqlen": { type: "string" },
+    holdout: { type: "string" },
+    epochs: { type: "string" },
+    patience: { type: "string" },
+    lr: { type: "string" },
+    "weight-decay": { type: "string" },
+    "extra-term": { type: "boolean" },
     json: { type: "boolean" },
     quiet: { type: "boolean" },
     help: { type: "boolean", short: "h" },
@@ -102,6 +122,7 @@ export async function compressMain(argv: string[]): Promise<number> {
   let evalText = values["eval-text"] as string | undefined;
   let evalSeqlen = values["eval-seqlen"];
   let evalMax = values["eval-max-windows"];
+  let calib = values.calib as string | undefined;
   if (noArgs) {
     model = defaultModel();
     if (!existsSync(model)) {
@@ -116,6 +137,9 @@ export async function compressMain(argv: string[]): Promise<number> {
     );
     evalSeqlen = "128";
     evalMax = "64";
+    calib = fileURLToPath(
+      new URL("../../../shared/data/tinystories/tinystories_val.txt", import.meta.url),
+    );
     progress.note(
       "compress",
       `no arguments: compressing the stories260K fixture (${model}) to 3 bits`,
@@ -178,6 +202,43 @@ export async function compressMain(argv: string[]): Promise<number> {
   if (method === "rtn" && (!Number.isInteger(bits) || bits! > 8)) {
     throw new UserError(`${cmd}: --method rtn needs an integer --bits from 1 to 8 (got ${bits})`);
   }
+  if (method === "cluscomp" && !values["no-finetune"]) {
+    if (!calib) throw new UserError(`${cmd}: finetuning needs --calib FILE (or --no-finetune)`);
+    const cfg = await loadConfig(model);
+    const def = defaultCalib(cfg);
+    const samples = intFlag(cmd, values["calib-samples"], "calib-samples", 1, def.samples);
+    const seqlen = intFlag(cmd, values["calib-seqlen"], "calib-seqlen", 2, def.seqlen);
+    if (values["calib-samples"] === undefined || values["calib-seqlen"] === undefined) {
+      progress.note("finetune", def.note);
+    }
+    const lr = numberFlag(cmd, values.lr, "lr", {
+      exclusiveMin: 0,
+      def: defaultLr(samples, seqlen),
+    });
+    if (values.lr === undefined) {
+      progress.note(
+        "finetune",
+        `lr ${lr.toExponential(2)} (5e-3 scaled by ${
+          samples * seqlen
+        } / 262,144 calibration tokens)`,
+      );
+    }
+    settings.finetune = {
+      calib,
+      samples,
+      seqlen,
+      holdout: numberFlag(cmd, values.holdout, "holdout", { min: 0, def: 0.1 }),
+      train: {
+        epochs: intFlag(cmd, values.epochs, "epochs", 0, 20),
+        lr,
+        weightDecay: numberFlag(cmd, values["weight-decay"], "weight-decay", { min: 0, def: 0.1 }),
+        patience: intFlag(cmd, values.patience, "patience", 1, 2),
+        extraTerm: Boolean(values["extra-term"]),
+        seed: cluster.seed,
+      },
+    };
+    if (settings.finetune.holdout >= 1) throw new UserError(`${cmd}: --holdout must be below 1`);
+  }
   const r = await compress(settings, progress);
   if (values.json) {
     console.log(JSON.stringify(r));
@@ -190,8 +251,9 @@ export async function compressMain(argv: string[]): Promise<number> {
       );
       console.log(`| --- | --- | --- |`);
       console.log(`| original | 16 | ${e.original.ppl.toFixed(4)} |`);
+      const label = r.finetune ? `${r.method} + finetune` : r.method;
       console.log(
-        `| ${r.method} | ${r.bits_per_weight.toFixed(3)} | ${e.compressed.ppl.toFixed(4)} |`,
+        `| ${label} | ${r.bits_per_weight.toFixed(3)} | ${e.compressed.ppl.toFixed(4)} |`,
       );
     }
   }

@@ -77,8 +77,6 @@ const WG = 32;
 const BOUNDS_WG = 256;
 const FIRST = 1, GFIRST = 2, GLAST = 4, LISTED = 8, FINAL = 16;
 const MAX_RANGE = 60_000;
-/** Bytes between chunks' counters: a multiple of every minStorageBufferOffsetAlignment. */
-const CNT_STRIDE = 256;
 /** Cells of the initial k-d order; any power of two up to this makes compact groups. */
 const KD_CELLS = 1024;
 /** Default most groups (memory: 8 bytes per point per group). */
@@ -369,7 +367,6 @@ function sameBits(a: Float32Array, b: Float32Array): boolean {
   return true;
 }
 
-
 interface Chunk {
   row0: number;
   rows: number;
@@ -402,7 +399,9 @@ class Assigner {
   private readonly buffers: GPUBuffer[] = [];
   private readonly cent: GPUBuffer; // [n, d]
   private readonly moves: GPUBuffer; // [2n + G]: movement, nearest-other gap, group drift
-  private readonly cnt: GPUBuffer; // [chunks, CNT_STRIDE / 4]: G + 1 list lengths, tightened
+  private readonly cnt: GPUBuffer; // [chunks, cntStride / 4]: G + 1 list lengths, tightened
+  /** Bytes between chunks' counters: a multiple of 256, which every offset alignment divides. */
+  private readonly cntStride: number;
   private readonly zeros: GPUBuffer; // as cnt, all zero
   private readonly gap: Chunk | null; // the centroids as points, for s
   evals = 0;
@@ -444,11 +443,14 @@ class Assigner {
     // Every per-chunk buffer must fit one binding; the active lists are the largest.
     const fit = Math.floor(gpu.limits.maxBinding / (4 * Math.max(d, this.G + 1)));
     const per = Math.max(1, Math.min(maxPoints, fit));
-    for (let r0 = 0; r0 < N; r0 += per) this.chunks.push(mkChunk(r0, Math.min(per, N - r0), this.G));
+    for (let r0 = 0; r0 < N; r0 += per) {
+      this.chunks.push(mkChunk(r0, Math.min(per, N - r0), this.G));
+    }
     this.cent = mk(n * d * 4, "kmeans.centroids");
     this.moves = mk((2 * n + this.G) * 4, "kmeans.moves");
-    this.cnt = mk(this.chunks.length * CNT_STRIDE, "kmeans.cnt");
-    this.zeros = mk(this.chunks.length * CNT_STRIDE, "kmeans.zeros");
+    this.cntStride = Math.ceil(((this.G + 2) * 4) / 256) * 256;
+    this.cnt = mk(this.chunks.length * this.cntStride, "kmeans.cnt");
+    this.zeros = mk(this.chunks.length * this.cntStride, "kmeans.zeros");
     this.gap = accelerate && useGap ? mkChunk(0, n, 1, this.cent) : null;
   }
 
@@ -530,7 +532,7 @@ class Assigner {
         this.scanAll(this.gap);
         gpu.copy(this.gap.lbs, 0, this.moves, n * 4, n * 4);
       }
-      gpu.copy(this.zeros, 0, this.cnt, 0, this.chunks.length * CNT_STRIDE);
+      gpu.copy(this.zeros, 0, this.cnt, 0, this.chunks.length * this.cntStride);
       for (let i = 0; i < this.chunks.length; i++) {
         const c = this.chunks[i];
         const [gx, gy] = grid(Math.ceil(c.rows / BOUNDS_WG), gpu.limits.maxWorkgroups);
@@ -543,15 +545,19 @@ class Assigner {
           { buffer: c.us, size: c.rows * 8 },
           { buffer: c.lbs, size: c.rows * c.groups * 4 },
           { buffer: this.moves, size: (2 * n + G) * 4 },
-          { buffer: this.cnt, offset: i * CNT_STRIDE, size: (G + 2) * 4 },
+          { buffer: this.cnt, offset: i * this.cntStride, size: (G + 2) * 4 },
         ], [gx, gy]);
       }
+      const dbg = Deno.env.get("KM_DEBUG");
+      let t0 = performance.now();
       const counts = new Uint32Array(
-        await gpu.read(this.cnt, 0, this.chunks.length * CNT_STRIDE),
+        await gpu.read(this.cnt, 0, this.chunks.length * this.cntStride),
       );
+      if (dbg) console.log(`bounds ${(performance.now() - t0).toFixed(0)} ms`);
+      t0 = performance.now();
       for (let i = 0; i < this.chunks.length; i++) {
         const c = this.chunks[i];
-        const at = (i * CNT_STRIDE) / 4;
+        const at = (i * this.cntStride) / 4;
         for (let g = 0; g < G; g++) {
           this.scanGroup(c, counts[at + g], g, LISTED);
           stat.listed += counts[at + g];
@@ -560,6 +566,12 @@ class Assigner {
         stat.active += counts[at + G];
         stat.tightened += counts[at + G + 1];
         this.evals += counts[at + G + 1];
+      }
+      if (dbg) {
+        await gpu.sync();
+        console.log(
+          `listed scans ${(performance.now() - t0).toFixed(0)} ms ${JSON.stringify(stat)}`,
+        );
       }
     }
     const codes = new Uint32Array(this.N);
@@ -606,12 +618,18 @@ export async function kmeans(
   const a = new Assigner(gpu, N, d, n, accelerate, useGap, maxPoints, range, maxGroups);
   try {
     await a.upload(x);
+    let t0 = performance.now();
     let codes = await a.assign(cents, null);
+    if (Deno.env.get("KM_DEBUG")) {
+      console.log(`first pass ${(performance.now() - t0).toFixed(0)} ms`);
+    }
     let objective = sse(x, N, d, cents, codes);
     opts.onIter?.(0, objective);
     let iterations = 0;
     while (iterations < iters) {
+      t0 = performance.now();
       const next = updateCentroids(x, N, d, n, codes, cents);
+      if (Deno.env.get("KM_DEBUG")) console.log(`update ${(performance.now() - t0).toFixed(0)} ms`);
       if (sameBits(next, cents)) break;
       codes = await a.assign(next, cents);
       cents = next;

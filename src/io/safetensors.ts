@@ -553,7 +553,9 @@ export function decodeSafetensors(
   if (bytes.length < 8) throw new UserError(`Cannot read ${file}: shorter than 8 bytes`);
   const len = Number(new DataView(bytes.buffer, bytes.byteOffset).getBigUint64(0, true));
   if (len > bytes.length - 8) {
-    throw new UserError(`Cannot read ${file}: header length ${len} exceeds file size ${bytes.length}`);
+    throw new UserError(
+      `Cannot read ${file}: header length ${len} exceeds file size ${bytes.length}`,
+    );
   }
   const { tensors } = parseHeader(file, bytes.subarray(8, 8 + len), bytes.length);
   return tensors.map((t) => ({

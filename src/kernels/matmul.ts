@@ -226,6 +226,14 @@ function plan(gpu: Gpu, args: MatmulArgs, r: Resolved): MatmulPlan {
   return { ln, vecA, vecB, zc, mc, kc: Math.max(kc, 1), dispatches };
 }
 
+/** Cache budget for the At panels of one group of tile rows (see main() in the shader). */
+const GROUP_BYTES = 4 << 20;
+
+/** Tile rows per group: as many At panels (k steps x tile rows) as fit GROUP_BYTES. */
+function groupM(k: number, tileM: number): number {
+  return Math.max(1, Math.min(MAX_GROUPS, Math.floor(GROUP_BYTES / (Math.max(k, 1) * tileM * 4))));
+}
+
 /** A binding for elements [lo, hi) of buf and the element index its start has. */
 function bindRange(gpu: Gpu, buf: GPUBuffer, lo: number, hi: number) {
   const { maxBinding, align } = gpu.limits;
@@ -286,6 +294,7 @@ export function matmul(gpu: Gpu, args: MatmulArgs): void {
           z0,
           pl.ln,
           accumulate ? 1 : 0,
+          groupM(kn, tileM),
         ]);
         const bindings = [params, a.range, b.range, c.range, a.range, b.range];
         gpu.dispatch(pipe, bindings, [gx, ceilDiv(mn, tileM), zn]);

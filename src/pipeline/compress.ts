@@ -25,7 +25,16 @@ import { type QuantizationConfig, writeCompressedModel } from "../format/compres
 import { getGpu } from "../gpu/device.ts";
 import { linearNames, type ModelConfig } from "../io/config.ts";
 import { decodeSafetensors, encodeSafetensors } from "../io/safetensors.ts";
+import { readText } from "../io/text.ts";
 import { Tokenizer } from "../io/tokenizer.ts";
+import { sampleWindows } from "../finetune/calib.ts";
+import {
+  type BlockReport,
+  finetune,
+  type FinetuneInput,
+  type FinetuneSettings,
+  finetuneUnit,
+} from "../finetune/stage.ts";
 import { openModel } from "../model/open.ts";
 import type { WeightSource } from "../model/weights.ts";
 import { Rng } from "../util/rng.ts";
@@ -41,6 +50,14 @@ export interface CompressSettings {
   cluster: ClusterSettings;
   rtn: { bits: number; group: number };
   eval?: { text: string; seqlen: number; maxWindows?: number };
+  /** Absent: no finetuning. */
+  finetune?: {
+    calib: string;
+    samples: number;
+    seqlen: number;
+    holdout: number;
+    train: FinetuneSettings;
+  };
   gpuBudget: number;
 }
 
@@ -52,10 +69,12 @@ export interface CompressResult {
   stored_bits_per_weight: number;
   plan?: MatrixPlan[];
   blocks: { layer: number; facts: MatrixFacts[]; resumed: boolean }[];
+  finetune?: { settings: CompressSettings["finetune"]; blocks: BlockReport[]; seconds: number };
   ppl_original?: number;
   ppl_compressed?: number;
   eval?: { original: Omit<EvalResult, "firstLogits">; compressed: Omit<EvalResult, "firstLogits"> };
-  seconds: { cluster: number; export: number; eval: number };
+  seconds: { cluster: number; finetune: number; export: number; eval: number };
+  gpu_peak_bytes: number;
 }
 
 /** Hash of what the inputs are: config, tokenizer and each safetensors file's name, size and header. */
@@ -148,6 +167,7 @@ export async function compress(s: CompressSettings, progress: Progress): Promise
       ? { iters: s.cluster.iters, seed: s.cluster.seed, init: s.cluster.init }
       : null,
     rtn: s.method === "rtn" ? s.rtn : null,
+    finetune: s.method === "cluscomp" && s.finetune ? s.finetune : null,
   };
   const work = await WorkDir.open(s.work, settings, await inputsHash(s.model, index.files));
   const result: CompressResult = {
@@ -158,7 +178,8 @@ export async function compress(s: CompressSettings, progress: Progress): Promise
     stored_bits_per_weight: bits.stored,
     plan,
     blocks: [],
-    seconds: { cluster: 0, export: 0, eval: 0 },
+    seconds: { cluster: 0, finetune: 0, export: 0, eval: 0 },
+    gpu_peak_bytes: 0,
   };
   try {
     const gpu = await getGpu();
@@ -198,8 +219,40 @@ export async function compress(s: CompressSettings, progress: Progress): Promise
       result.blocks.push({ layer: l, facts: r.facts, resumed: false });
       progress.update({ stage, done: l + 1, total: cfg.layers, block: l });
     }
-    const t1 = performance.now();
+    let t1 = performance.now();
     result.seconds.cluster = (t1 - t0) / 1000;
+
+    const ft = s.method === "cluscomp" ? s.finetune : undefined;
+    if (ft) {
+      const tok = await Tokenizer.load(s.model);
+      const ids = tok.encode(await readText(ft.calib));
+      const { train, heldOut } = sampleWindows(ids, {
+        samples: ft.samples,
+        seqlen: ft.seqlen,
+        holdout: ft.holdout,
+        seed: ft.train.seed,
+      }, ft.calib);
+      const shapes = Object.fromEntries(
+        plan!.map((p) => [p.kind, { n: p.n, d: p.d, splits: p.splits }]),
+      ) as FinetuneInput["shapes"];
+      const reports = await finetune({
+        gpu,
+        cfg,
+        src: source,
+        work,
+        clusterUnit: async (l) =>
+          decodeSafetensors(await work.read(unitName(l)), work.path(`${unitName(l)}.safetensors`)),
+        shapes,
+        train,
+        heldOut,
+        settings: ft.train,
+        progress,
+      });
+      const t = performance.now();
+      result.finetune = { settings: ft, blocks: reports!, seconds: (t - t1) / 1000 };
+      result.seconds.finetune = (t - t1) / 1000;
+      t1 = t;
+    }
 
     const modules: QuantizationConfig["modules"] = {};
     for (let l = 0; l < cfg.layers; l++) {
@@ -229,6 +282,15 @@ export async function compress(s: CompressSettings, progress: Progress): Promise
     await writeCompressedModel(s.model, s.out, cfg, qc, async (l) => {
       const unit = unitName(l);
       const tensors = decodeSafetensors(await work.read(unit), work.path(`${unit}.safetensors`));
+      if (ft) {
+        // Finetuned codebooks replace the clustered ones (same shape, stored flat in the unit).
+        const fu = finetuneUnit(l);
+        const tuned = decodeSafetensors(await work.read(fu), work.path(`${fu}.safetensors`));
+        for (const t of tensors) {
+          const f = tuned.find((q) => q.name === t.name);
+          if (f) t.data = f.data;
+        }
+      }
       return tensors.map((t) => storedCodebook(t, s.cluster.codebookDtype));
     }, index);
     const t2 = performance.now();
@@ -250,6 +312,7 @@ export async function compress(s: CompressSettings, progress: Progress): Promise
       result.ppl_compressed = comp.ppl;
       result.seconds.eval = (performance.now() - t2) / 1000;
     }
+    result.gpu_peak_bytes = gpu.bytesPeak;
   } finally {
     await work.close();
     index.close();

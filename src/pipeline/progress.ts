@@ -12,6 +12,7 @@ export class Progress {
   private readonly start = performance.now();
   private lastDraw = 0;
   private lastLog = 0;
+  private lastKey = "";
   private enc = new TextEncoder();
 
   constructor(readonly quiet = false) {
@@ -35,7 +36,10 @@ export class Progress {
         (Number.isFinite(eta) && !final ? `  eta ${eta.toFixed(0)}s` : "");
       Deno.stderr.writeSync(this.enc.encode(`\r\x1b[2K${line}${final ? "\n" : ""}`));
     } else {
-      if (!final && now - this.lastLog < 2000) return;
+      // Every unit boundary (a new `done` count) is logged; in between, one line per 2 s.
+      const key = `${e.stage}:${e.done}`;
+      if (!final && key === this.lastKey && now - this.lastLog < 2000) return;
+      this.lastKey = key;
       this.lastLog = now;
       const rec = { t: new Date().toISOString(), ...e, elapsed_s: (now - this.start) / 1000 };
       Deno.stderr.writeSync(this.enc.encode(JSON.stringify(rec) + "\n"));

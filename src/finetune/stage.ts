@@ -1,0 +1,397 @@
+// The finetune stage: ClusComp's block-wise reconstruction. For block i the teacher is the
+// full-precision block on the full-precision input; the student is the clustered block on the
+// output of the already-finetuned blocks 0..i-1. Only codebooks train (AdamW on the MSE between
+// the two outputs, one window per step); the best epoch on held-out windows is kept.
+import type { Gpu } from "../gpu/device.ts";
+import { Tensor } from "../gpu/tensor.ts";
+import { LINEAR_KINDS, type LinearKind, type ModelConfig, ropeInvFreq } from "../io/config.ts";
+import { decodeSafetensors, encodeSafetensors } from "../io/safetensors.ts";
+import { mseGrad } from "../kernels/mse.ts";
+import { ropeTables } from "../kernels/rope.ts";
+import { BlockScratch, forwardBlock, releaseBlock, uploadBlock } from "../model/block.ts";
+import type { WeightSource } from "../model/weights.ts";
+import type { TensorBytes } from "../format/compressed.ts";
+import type { Progress } from "../pipeline/progress.ts";
+import type { WorkDir } from "../pipeline/workdir.ts";
+import { Rng } from "../util/rng.ts";
+import { type AdamWSettings, type CodebookData, StudentBlock } from "./student.ts";
+
+export interface FinetuneSettings {
+  epochs: number;
+  lr: number;
+  weightDecay: number;
+  /** Epochs without held-out improvement before stopping. */
+  patience: number;
+  /** Add the paper's extra term: MSE against the full-precision block on the student's input. */
+  extraTerm: boolean;
+  seed: number;
+}
+
+export interface BlockReport {
+  layer: number;
+  /** Held-out MSE of the clustered block before training, and per epoch. */
+  initialMse: number;
+  epochMse: number[];
+  trainLoss: number[];
+  bestEpoch: number;
+  bestMse: number;
+  steps: number;
+  tokens: number;
+  seconds: number;
+}
+
+const f32 = (t: TensorBytes) =>
+  new Float32Array(t.data.buffer, t.data.byteOffset, t.data.byteLength / 4);
+
+/** Feature-major [H, T] embeddings of one window, gathered on the host. */
+function embedWindow(table: Float32Array, ids: Int32Array, H: number): Float32Array {
+  const T = ids.length, x = new Float32Array(H * T);
+  for (let t = 0; t < T; t++) {
+    const row = ids[t] * H;
+    for (let h = 0; h < H; h++) x[h * T + t] = table[row + h];
+  }
+  return x;
+}
+
+/** Runs a full-precision block over windows (teacher), returning outputs per window. */
+async function teacherPass(
+  gpu: Gpu,
+  cfg: ModelConfig,
+  src: WeightSource,
+  layer: number,
+  inputs: Float32Array[],
+  T: number,
+): Promise<Float32Array[]> {
+  const block = await uploadBlock(gpu, cfg, src, layer);
+  const scratch = await BlockScratch.create(gpu, cfg, 1, T, ropeTables(ropeInvFreq(cfg), T));
+  const x = Tensor.empty(gpu, [cfg.hidden, T], "teacher.x");
+  const out: Float32Array[] = [];
+  try {
+    for (const input of inputs) {
+      await gpu.write(x.buffer, input);
+      forwardBlock(gpu, block, x, scratch);
+      out.push(await x.toF32());
+    }
+  } finally {
+    x.release();
+    scratch.release();
+    releaseBlock(block);
+  }
+  return out;
+}
+
+export interface FinetuneInput {
+  gpu: Gpu;
+  cfg: ModelConfig;
+  src: WeightSource;
+  work: WorkDir;
+  /** The cluster stage's unit for a block: f32 codebooks and codes. */
+  clusterUnit: (layer: number) => Promise<TensorBytes[]>;
+  /** Per-kind (n, d, splits). */
+  shapes: Record<LinearKind, { n: number; d: number; splits: number }>;
+  train: Int32Array[];
+  heldOut: Int32Array[];
+  settings: FinetuneSettings;
+  progress: Progress;
+  /** Called at each unit boundary; returning true stops the stage there (time budget, signal). */
+  shouldStop?: () => boolean;
+}
+
+export const finetuneUnit = (l: number) => `finetune/block-${String(l).padStart(3, "0")}`;
+
+/** Finetunes every block in order, resuming from the work directory. Returns per-block reports. */
+export async function finetune(inp: FinetuneInput): Promise<BlockReport[] | null> {
+  const { cfg, src, work, progress } = inp;
+  const H = cfg.hidden, T = inp.train[0].length;
+  const windows = [...inp.train, ...inp.heldOut];
+  const nTrain = inp.train.length;
+  const table = await src.tensor("model.embed_tokens.weight");
+  let student: Float32Array[] = windows.map((w) => embedWindow(table, w, H));
+  let teacher: Float32Array[] = student;
+  const reports: BlockReport[] = [];
+  const rope = ropeTables(ropeInvFreq(cfg), T);
+
+  for (let l = 0; l < cfg.layers; l++) {
+    const unit = finetuneUnit(l);
+    const done = await work.done(unit);
+    if (done) {
+      const t = decodeSafetensors(await work.read(unit), work.path(done.file));
+      const get = (name: string) => f32(t.find((x) => x.name === name)!);
+      const so = get("student_out"), to = get("teacher_out");
+      student = windows.map((_, i) => so.slice(i * H * T, (i + 1) * H * T));
+      teacher = windows.map((_, i) => to.slice(i * H * T, (i + 1) * H * T));
+      reports.push(done.info!.report as BlockReport);
+      progress.update({
+        stage: "finetune",
+        done: l + 1,
+        total: cfg.layers,
+        block: l,
+        resumed: "yes",
+      });
+      continue;
+    }
+    if (inp.shouldStop?.()) return null;
+    const r = await finetuneBlock(inp, l, student, teacher, nTrain, T, rope);
+    if (!r) return null;
+    student = r.studentOut;
+    teacher = r.teacherOut;
+    const tensors: TensorBytes[] = [...r.codebooks];
+    const stack = (xs: Float32Array[]) => {
+      const out = new Float32Array(xs.length * H * T);
+      xs.forEach((x, i) => out.set(x, i * H * T));
+      return new Uint8Array(out.buffer);
+    };
+    tensors.push({
+      name: "student_out",
+      dtype: "F32",
+      shape: [windows.length, H, T],
+      data: stack(student),
+    });
+    tensors.push({
+      name: "teacher_out",
+      dtype: "F32",
+      shape: [windows.length, H, T],
+      data: stack(teacher),
+    });
+    await work.complete(unit, `${unit}.safetensors`, encodeSafetensors(tensors), {
+      report: r.report,
+    });
+    reports.push(r.report);
+    progress.update({
+      stage: "finetune",
+      done: l + 1,
+      total: cfg.layers,
+      block: l,
+      mse: r.report.bestMse,
+    });
+  }
+  return reports;
+}
+
+async function finetuneBlock(
+  inp: FinetuneInput,
+  l: number,
+  studentIn: Float32Array[],
+  teacherIn: Float32Array[],
+  nTrain: number,
+  T: number,
+  rope: { cos: Float32Array; sin: Float32Array },
+): Promise<
+  {
+    codebooks: TensorBytes[];
+    studentOut: Float32Array[];
+    teacherOut: Float32Array[];
+    report: BlockReport;
+  } | null
+> {
+  const { gpu, cfg, src, work, settings, progress } = inp;
+  const H = cfg.hidden, start = performance.now();
+  const teacherOut = await teacherPass(gpu, cfg, src, l, teacherIn, T);
+  const extra = settings.extraTerm ? await teacherPass(gpu, cfg, src, l, studentIn, T) : null;
+
+  const cu = await inp.clusterUnit(l);
+  const books: CodebookData[] = LINEAR_KINDS.map((kind) => {
+    const name = cu.find((t) => t.name.endsWith(`.${kindModule(kind)}.codebook`))!;
+    const codes = cu.find((t) => t.name.endsWith(`.${kindModule(kind)}.codes`))!;
+    const sh = inp.shapes[kind];
+    return {
+      kind,
+      centroids: f32(name).slice(),
+      codes: codes.dtype === "U8"
+        ? codes.data
+        : new Uint16Array(codes.data.buffer, codes.data.byteOffset, codes.data.byteLength / 2),
+      ...sh,
+    };
+  });
+  const pre = `model.layers.${l}`;
+  const s = await StudentBlock.create(
+    gpu,
+    cfg,
+    T,
+    books,
+    await src.tensor(`${pre}.input_layernorm.weight`),
+    await src.tensor(`${pre}.post_attention_layernorm.weight`),
+    rope,
+  );
+  const x = Tensor.empty(gpu, [H, T], "ft.x");
+  const want = Tensor.empty(gpu, [H, T], "ft.target");
+  const want2 = Tensor.empty(gpu, [H, T], "ft.target2");
+  const scale = 2 / (H * T);
+  const opt: AdamWSettings = {
+    lr: settings.lr,
+    beta1: 0.9,
+    beta2: 0.999,
+    eps: 1e-8,
+    weightDecay: settings.weightDecay,
+  };
+  // Mean per-element MSE of the student against the teacher over some windows.
+  const evalMse = async (idx: number[]): Promise<number> => {
+    let sum = 0;
+    for (const i of idx) {
+      await gpu.write(x.buffer, studentIn[i]);
+      await gpu.write(want.buffer, teacherOut[i]);
+      const y = s.forward(x, false);
+      mseGrad(gpu, y.all, want.all, s.dy.all, s.sq.all, H, T, 0);
+      for (const v of await s.sq.toF32()) sum += v;
+    }
+    return sum / (idx.length * H * T);
+  };
+  const heldIdx = Array.from({ length: studentIn.length - nTrain }, (_, i) => nTrain + i);
+  const trainIdx = Array.from({ length: nTrain }, (_, i) => i);
+  const selectIdx = heldIdx.length > 0 ? heldIdx : trainIdx;
+
+  const epochUnit = `${finetuneUnit(l)}/epoch`;
+  let epoch0 = 0, best: Map<string, Float32Array>, bestMse: number, bestEpoch = 0, stale = 0;
+  let epochMse: number[] = [], trainLoss: number[] = [];
+  let initialMse: number;
+  const prev = await work.done(epochUnit);
+  try {
+    if (prev) {
+      const t = decodeSafetensors(await work.read(epochUnit), work.path(prev.file));
+      const state = new Map(
+        t.filter((q) => !q.name.startsWith("best.")).map((q) => [q.name, f32(q).slice()]),
+      );
+      best = new Map(
+        t.filter((q) => q.name.startsWith("best.")).map((q) => [q.name.slice(5), f32(q).slice()]),
+      );
+      const info = prev.info as {
+        epoch: number;
+        step: number;
+        bestMse: number;
+        bestEpoch: number;
+        stale: number;
+        epochMse: number[];
+        trainLoss: number[];
+        initialMse: number;
+      };
+      await s.load(state, info.step);
+      epoch0 = info.epoch;
+      bestMse = info.bestMse;
+      bestEpoch = info.bestEpoch;
+      stale = info.stale;
+      epochMse = info.epochMse;
+      trainLoss = info.trainLoss;
+      initialMse = info.initialMse;
+    } else {
+      initialMse = await evalMse(selectIdx);
+      bestMse = initialMse;
+      best = new Map([...(await s.state()).tensors].filter(([k]) => k.endsWith(".codebook")));
+    }
+    for (let epoch = epoch0 + 1; epoch <= settings.epochs && stale < settings.patience; epoch++) {
+      if (inp.shouldStop?.()) return null;
+      const order = shuffle(trainIdx, new Rng(settings.seed * 7919 + l * 1000 + epoch));
+      let lossSum = 0;
+      for (let k = 0; k < order.length; k++) {
+        const i = order[k];
+        await gpu.write(x.buffer, studentIn[i]);
+        await gpu.write(want.buffer, teacherOut[i]);
+        const y = s.forward(x, true);
+        mseGrad(gpu, y.all, want.all, s.dy.all, s.sq.all, H, T, scale);
+        if (extra) {
+          await gpu.write(want2.buffer, extra[i]);
+          mseGrad(gpu, y.all, want2.all, s.dy.all, s.sq.all, H, T, scale, true);
+        }
+        s.backward();
+        s.update(opt);
+        if (k === order.length - 1 || k % 8 === 0) {
+          let sq = 0;
+          for (const v of await s.sq.toF32()) sq += v;
+          lossSum += sq / (H * T);
+          progress.update({
+            stage: "finetune",
+            done: l,
+            total: cfg.layers,
+            block: l,
+            epoch,
+            step: k + 1,
+            loss: sq / (H * T),
+          });
+        }
+      }
+      trainLoss.push(lossSum / Math.ceil(order.length / 8));
+      const mse = await evalMse(selectIdx);
+      epochMse.push(mse);
+      if (mse < bestMse) {
+        bestMse = mse;
+        bestEpoch = epoch;
+        stale = 0;
+        best = new Map([...(await s.state()).tensors].filter(([k]) => k.endsWith(".codebook")));
+      } else {
+        stale++;
+      }
+      const st = await s.state();
+      const tensors: TensorBytes[] = [];
+      for (const [name, v] of st.tensors) tensors.push(tensorOf(name, v));
+      for (const [name, v] of best) tensors.push(tensorOf(`best.${name}`, v));
+      await work.complete(
+        epochUnit,
+        `${finetuneUnit(l)}.epoch.safetensors`,
+        encodeSafetensors(tensors),
+        {
+          epoch,
+          step: st.step,
+          bestMse,
+          bestEpoch,
+          stale,
+          epochMse,
+          trainLoss,
+          initialMse,
+        },
+      );
+    }
+    // The best epoch's codebooks produce the student outputs for the next block.
+    await s.setCodebooks(best);
+    const studentOut: Float32Array[] = [];
+    for (const input of studentIn) {
+      await gpu.write(x.buffer, input);
+      studentOut.push(await s.forward(x, false).toF32());
+    }
+    const codebooks: TensorBytes[] = [];
+    for (const kind of LINEAR_KINDS) {
+      const v = best.get(`${kind}.codebook`)!;
+      codebooks.push(tensorOf(`model.layers.${l}.${kindModule(kind)}.codebook`, v));
+    }
+    const report: BlockReport = {
+      layer: l,
+      initialMse,
+      epochMse,
+      trainLoss,
+      bestEpoch,
+      bestMse,
+      steps: s.steps,
+      tokens: s.steps * T,
+      seconds: (performance.now() - start) / 1000,
+    };
+    return { codebooks, studentOut, teacherOut, report };
+  } finally {
+    x.release();
+    want.release();
+    want2.release();
+    s.release();
+  }
+}
+
+function tensorOf(name: string, v: Float32Array): TensorBytes {
+  return {
+    name,
+    dtype: "F32",
+    shape: [v.length],
+    data: new Uint8Array(v.buffer, v.byteOffset, v.byteLength),
+  };
+}
+
+/** "self_attn.q_proj" etc. for a linear kind. */
+export function kindModule(kind: LinearKind): string {
+  return kind === "gate" || kind === "up" || kind === "down"
+    ? `mlp.${kind}_proj`
+    : `self_attn.${kind}_proj`;
+}
+
+function shuffle(xs: number[], rng: Rng): number[] {
+  const a = xs.slice();
+  for (let i = a.length - 1; i > 0; i--) {
+    const j = rng.int(i + 1);
+    [a[i], a[j]] = [a[j], a[i]];
+  }
+  return a;
+}

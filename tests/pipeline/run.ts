@@ -1,0 +1,55 @@
+// Helpers to run the tasks as a user would: a subprocess, its exit code and output.
+const ROOT = new URL("../../", import.meta.url).pathname;
+
+export interface RunResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+  killed?: boolean;
+}
+
+export function compressArgs(model: string, out: string, extra: string[]): string[] {
+  return ["--model", model, "--out", out, ...extra];
+}
+
+export async function runTask(task: string, args: string[]): Promise<RunResult> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", `${ROOT}tasks/${task}.ts`, ...args],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const dec = new TextDecoder();
+  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+}
+
+/** Runs a task and SIGKILLs it as soon as its stderr matches `pattern`. */
+export async function runUntil(task: string, args: string[], pattern: RegExp): Promise<RunResult> {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", `${ROOT}tasks/${task}.ts`, ...args],
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  let stderr = "", killed = false;
+  const dec = new TextDecoder();
+  const stdoutDone = new Response(child.stdout).text();
+  for await (const chunk of child.stderr) {
+    stderr += dec.decode(chunk, { stream: true });
+    if (!killed && pattern.test(stderr)) {
+      child.kill("SIGKILL");
+      killed = true;
+    }
+  }
+  const status = await child.status;
+  return { code: status.code, stdout: await stdoutDone, stderr, killed };
+}
+
+/** Every file under a folder (relative path -> bytes). */
+export async function filesOf(dir: string, prefix = ""): Promise<Map<string, Uint8Array>> {
+  const out = new Map<string, Uint8Array>();
+  for await (const e of Deno.readDir(`${dir}/${prefix}`)) {
+    const rel = prefix ? `${prefix}/${e.name}` : e.name;
+    if (e.isDirectory) { for (const [k, v] of await filesOf(dir, rel)) out.set(k, v); }
+    else out.set(rel, await Deno.readFile(`${dir}/${rel}`));
+  }
+  return out;
+}
