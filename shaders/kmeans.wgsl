@@ -1,6 +1,6 @@
-// K-means (squared L2): nearest-centroid scans over centroid ranges, and the Yinyang-style bound
-// filter (Hamerly's upper bound, one lower bound per centroid group) that decides which points
-// and groups need scanning.
+// K-means (squared L2): nearest-centroid scans over centroid ranges, and the bound filter
+// (Hamerly's upper bound, Yinyang's lower bound per centroid group) that decides which points
+// need which groups scanned.
 //
 // This file is a template that src/cluster/kmeans.ts expands once per (D, P, WG): `${D}`, `${P}`
 // and `${WG}` become the vector dimension, the points each scan invocation holds and the scan
@@ -12,53 +12,54 @@
 // minima stay in registers and the centroid loop is the only loop in `scan`, so one dispatch
 // could scan ~65,000 centroids (the host keeps each range far below that).
 //
-// Scan layout: invocation `li` of workgroup `w` holds the points at slots
-// w * WG * P + j * WG + li (j < P); every invocation of the workgroup reads the same centroid at
-// each step (a workgroup-uniform load, cheap on llvmpipe). A slot is a row of the chunk, or with
-// LISTED an entry of one of the active lists. Centroids are grouped: group g is the index range
-// [floor(g n / G), floor((g + 1) n / G)). A point's running state between dispatches is
-// code = best index I, us = (best B, second-best S) squared distances, and lbs[g] the minimum
-// over the group being scanned; FINAL turns them into bounds: us.x = upper(B), and the lower
-// bound of I's own group = lower(S). Ties go to the lowest centroid index: every point meets the
-// centroids in increasing index order and only a strictly smaller distance replaces the best.
+// Centroid groups: group g is the index range [floor(g n / G), floor((g + 1) n / G)).
+// Per point (row q of a chunk; arrays are [k, rows], so lane-adjacent rows are adjacent):
+//   code[q]        running best centroid I (after FINAL: the assignment)
+//   code[rows + q] the previous assignment a, bit 31 set when a's group is being scanned
+//   st[q]          running best squared distance B (after FINAL: upper bound u on the distance)
+//   st[rows + q]   running second-best squared distance S
+//   st[2rows + q]  squared distance to a (computed by `bounds`)
+//   lbs[g rows + q] lower bound on the distance to every centroid of group g other than the
+//                  assignment (while group g is being scanned: its running squared minimum)
+// Ties go to the lowest centroid index: a point meets the scanned centroids in increasing index
+// order and only a strictly smaller distance replaces the best; `finish` merges the previous
+// centroid (when its group was not scanned) with the same rule.
 
 const D: u32 = ${D}u;
 const WG: u32 = ${WG}u;
 const BIG: f32 = 3.40282347e38;
+const OWN: u32 = 0x80000000u;
 // Rounding guards for bounds made from f32 distances: the squared distance of D <= 16 terms has
 // relative error below (D + 3) * 2^-24 < 1.2e-6, its sqrt half that; REL covers it three times
 // over. ABS covers flushed subnormals. DRIFT covers one f32 add or subtract when a bound moves.
 const REL: f32 = 4e-6;
 const ABS: f32 = 1e-18;
 const DRIFT: f32 = 1e-6;
-// Scan flags.
-const FIRST: u32 = 1u;   // the point's first range: start from no candidate
-const GFIRST: u32 = 2u;  // first range of group p.group: start its minimum afresh
-const GLAST: u32 = 4u;   // last range of group p.group: store its minimum as a lower bound
-const LISTED: u32 = 8u;  // points come from list[p.loff ..], not rows 0 .. count-1
-const FINAL: u32 = 16u;  // no centroids: turn the running state into bounds
+// Flags.
+const FIRST: u32 = 1u;  // scan: the points' first range, start from no candidate
+const LISTED: u32 = 2u; // points come from list[p.loff ..], not rows 0 .. count-1
 
 struct Params {
-  count: u32,  // points to process: slots (scan) or rows (bounds)
+  count: u32,  // points to process: slots (scan, finish) or rows (bounds)
   c0: u32,     // scan: first centroid of the range
   c1: u32,     // scan: one past the last centroid of the range
-  flags: u32,  // scan: FIRST | GFIRST | GLAST | LISTED | FINAL
-  stride: u32, // workgroups (scan) or invocations (bounds) along x of the 2-D grid
+  flags: u32,  // FIRST | LISTED
+  stride: u32, // workgroups (scan) or invocations (bounds, finish) along x of the 2-D grid
   n: u32,      // centroids
   groups: u32, // centroid groups G
-  group: u32,  // scan: the group [c0, c1) lies in
-  loff: u32,   // scan: offset of the active list in `list`
-  rows: u32,   // rows of the chunk (length of each active list)
+  loff: u32,   // scan, finish: offset of the point list in `list`
+  rows: u32,   // rows of the chunk
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;            // [rows, D] points
-@group(0) @binding(2) var<storage, read> cent: array<f32>;         // [n, D] centroids
-@group(0) @binding(3) var<storage, read_write> list: array<u32>;   // [G + 1, rows] active lists
-@group(0) @binding(4) var<storage, read_write> code: array<u32>;   // [rows] centroid I
-@group(0) @binding(5) var<storage, read_write> us: array<f32>;     // [rows, 2] (upper or B, S)
-@group(0) @binding(6) var<storage, read_write> lbs: array<f32>;    // [rows, G] group lower bounds
-@group(0) @binding(7) var<storage, read> moves: array<f32>;        // [2n + G] mv, s, group drift
+@group(0) @binding(1) var<storage, read_write> list: array<u32>;   // [G + 1, rows] active lists
+@group(0) @binding(2) var<storage, read_write> code: array<u32>;   // [2, rows] I; a | OWN
+@group(0) @binding(3) var<storage, read_write> st: array<f32>;     // [3, rows] B or u; S; e(a)
+@group(0) @binding(4) var<storage, read_write> lbs: array<f32>;    // [G, rows] group bounds
+@group(0) @binding(5) var<storage, read> x: array<f32>;            // [rows, D] points
+@group(0) @binding(6) var<storage, read> cent: array<f32>;         // [n, D] centroids
+@group(0) @binding(7) var<storage, read> moves: array<f32>;        // [2n + G] movement of each
+                                                                   // centroid; s; group drift
 @group(0) @binding(8) var<storage, read_write> cnt: array<atomic<u32>>; // [G + 2] list lengths
                                                                    // (G + 1), tightened points
 
@@ -72,7 +73,12 @@ fn lower(e: f32) -> f32 {
   return sqrt(e) * (1.0 - REL) - ABS;
 }
 
-/** The group of centroid c: the g with floor(g n / G) <= c < floor((g + 1) n / G). */
+/** First centroid of group g. */
+fn group_start(g: u32) -> u32 {
+  return (g * p.n) / p.groups;
+}
+
+/** The group of centroid c: the g with group_start(g) <= c < group_start(g + 1). */
 fn group_of(c: u32) -> u32 {
   return ((c + 1u) * p.groups - 1u) / p.n;
 }
@@ -86,30 +92,19 @@ fn row(slot: u32) -> u32 {
   return s;
 }
 
-fn save(q: u32, b: f32, s: f32, i: u32, m: f32) {
-  if ((p.flags & FINAL) != 0u) {
-    us[2u * q] = upper(b);
-    lbs[q * p.groups + group_of(i)] = lower(s);
-    return;
-  }
-  code[q] = i;
-  us[2u * q] = b;
-  us[2u * q + 1u] = s;
-  if ((p.flags & GLAST) != 0u) {
-    lbs[q * p.groups + p.group] = lower(m);
-  } else {
-    lbs[q * p.groups + p.group] = m;
-  }
-}
-
-// Nearest and second-nearest centroid in [c0, c1) (part of group p.group) for up to WG * P
-// points per workgroup, merged into each point's running state.
+// Nearest and second-nearest centroid in [c0, c1) for up to WG * P points per workgroup, merged
+// into each point's running state; the running minimum of each group the range covers becomes
+// that group's lower bound when the group ends inside the range.
 @compute @workgroup_size(WG)
 fn scan(@builtin(workgroup_id) w: vec3<u32>, @builtin(local_invocation_index) li: u32) {
   let base = (w.x + w.y * p.stride) * (WG * ${P}u) + li;
   let first = (p.flags & FIRST) != 0u;
-  let gfirst = (p.flags & GFIRST) != 0u;
+  let R = p.rows;
+  var g = group_of(p.c0);
+  var gend = group_start(g + 1u);
+  let gfirst = p.c0 == group_start(g);
 //#for j < P
+  let v${j} = base + ${j}u * WG < p.count;
   let q${j} = row(base + ${j}u * WG);
 //#for k < D
   let x${j}_${k} = x[q${j} * D + ${k}u];
@@ -119,15 +114,25 @@ fn scan(@builtin(workgroup_id) w: vec3<u32>, @builtin(local_invocation_index) li
   var i${j} = 0u;
   var m${j} = BIG;
   if (!first) {
-    b${j} = us[2u * q${j}];
-    s${j} = us[2u * q${j} + 1u];
+    b${j} = st[q${j}];
+    s${j} = st[R + q${j}];
     i${j} = code[q${j}];
   }
   if (!gfirst) {
-    m${j} = lbs[q${j} * p.groups + p.group];
+    m${j} = lbs[g * R + q${j}];
   }
 //#end
   for (var c = p.c0; c < p.c1; c++) {
+    if (c == gend) {
+//#for j < P
+      if (v${j}) {
+        lbs[g * R + q${j}] = lower(m${j});
+      }
+      m${j} = BIG;
+//#end
+      g++;
+      gend = group_start(g + 1u);
+    }
 //#for k < D
     let c${k} = cent[c * D + ${k}u];
 //#end
@@ -143,38 +148,73 @@ fn scan(@builtin(workgroup_id) w: vec3<u32>, @builtin(local_invocation_index) li
     m${j} = min(m${j}, e${j});
 //#end
   }
+  let gdone = p.c1 == gend;
 //#for j < P
-  if (base + ${j}u * WG < p.count) {
-    save(q${j}, b${j}, s${j}, i${j}, m${j});
+  if (v${j}) {
+    code[q${j}] = i${j};
+    st[q${j}] = b${j};
+    st[R + q${j}] = s${j};
+    lbs[g * R + q${j}] = select(m${j}, lower(m${j}), gdone);
   }
 //#end
+}
+
+// After the scans: turns the running state of each listed (or every) point into its assignment
+// and bounds. The previous centroid a competes here when its group was not scanned.
+@compute @workgroup_size(256)
+fn finish(@builtin(global_invocation_id) gid: vec3<u32>) {
+  let slot = gid.x + gid.y * p.stride;
+  if (slot >= p.count) {
+    return;
+  }
+  let R = p.rows;
+  let q = row(slot);
+  let i = code[q];
+  let b = st[q];
+  if ((p.flags & LISTED) != 0u) {
+    let ao = code[R + q];
+    if ((ao & OWN) == 0u) {
+      let a = ao & ~OWN;
+      let e = st[2u * R + q];
+      if (e < b || (e == b && a < i)) {
+        code[q] = a;
+        st[q] = upper(e);
+        return;
+      }
+      let ga = group_of(a);
+      lbs[ga * R + q] = min(lbs[ga * R + q], lower(e));
+    }
+  }
+  st[q] = upper(b);
+  lbs[group_of(i) * R + q] = lower(st[R + q]);
 }
 
 // The filter, for every row of a chunk after the centroids moved. The upper bound u grows by
 // the movement of the point's centroid a; the lower bound of each group shrinks by the largest
 // movement in the group. A point with u below every group's bound (and below s(a), half the gap
 // from a to its nearest other centroid) keeps a. Otherwise u is recomputed exactly and the test
-// repeated; a point that still fails goes to the list of every group whose bound is not above u,
-// and of a's group (so that the old centroid competes), and to the list of all active points
-// (list G, for the FINAL pass); its running state starts empty.
+// repeated; a point that still fails goes to the list of every group whose bound is not above u
+// and to the list of all active points (list G, for `finish`), with an empty running state.
 @compute @workgroup_size(256)
 fn bounds(@builtin(global_invocation_id) gid: vec3<u32>) {
   let i = gid.x + gid.y * p.stride;
   if (i >= p.count) {
     return;
   }
+  let R = p.rows;
+  let G = p.groups;
   let a = code[i];
-  let u0 = (us[2u * i] + moves[a]) * (1.0 + DRIFT);
+  let u0 = (st[i] + moves[a]) * (1.0 + DRIFT);
   var m = BIG;
-  for (var g = 0u; g < p.groups; g++) {
-    let v = lbs[i * p.groups + g] - moves[2u * p.n + g];
+  for (var g = 0u; g < G; g++) {
+    let v = lbs[g * R + i] - moves[2u * p.n + g];
     let l = v - abs(v) * DRIFT;
-    lbs[i * p.groups + g] = l;
+    lbs[g * R + i] = l;
     m = min(m, l);
   }
   m = max(m, 0.5 * moves[p.n + a]);
   if (u0 < m) {
-    us[2u * i] = u0;
+    st[i] = u0;
     return;
   }
   var e = 0.0;
@@ -183,19 +223,25 @@ fn bounds(@builtin(global_invocation_id) gid: vec3<u32>) {
     e = fma(t, t, e);
   }
   let u = upper(e);
-  atomicAdd(&cnt[p.groups + 1u], 1u);
+  atomicAdd(&cnt[G + 1u], 1u);
   if (u < m) {
-    us[2u * i] = u;
+    st[i] = u;
     return;
   }
   let ga = group_of(a);
-  for (var g = 0u; g < p.groups; g++) {
-    if (g == ga || lbs[i * p.groups + g] <= u) {
-      list[g * p.rows + atomicAdd(&cnt[g], 1u)] = i;
+  var own = 0u;
+  for (var g = 0u; g < G; g++) {
+    if (lbs[g * R + i] <= u) {
+      list[g * R + atomicAdd(&cnt[g], 1u)] = i;
+      if (g == ga) {
+        own = OWN;
+      }
     }
   }
-  list[p.groups * p.rows + atomicAdd(&cnt[p.groups], 1u)] = i;
-  us[2u * i] = BIG;
-  us[2u * i + 1u] = BIG;
+  list[G * R + atomicAdd(&cnt[G], 1u)] = i;
   code[i] = 0u;
+  code[R + i] = a | own;
+  st[i] = BIG;
+  st[R + i] = BIG;
+  st[2u * R + i] = e;
 }

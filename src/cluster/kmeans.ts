@@ -26,7 +26,7 @@
 // update runs on the host in f64 in point order (O(N d), against the O(N n d) assignment). The
 // same inputs and seed give bit-identical centroids and codes.
 import code from "../../shaders/kmeans.wgsl" with { type: "text" };
-import { type Gpu, grid } from "../gpu/device.ts";
+import { type Binding, type Gpu, grid } from "../gpu/device.ts";
 import { Rng } from "../util/rng.ts";
 
 export interface KmeansOptions {
@@ -75,7 +75,7 @@ export interface KmeansResult {
 
 const WG = 32;
 const BOUNDS_WG = 256;
-const FIRST = 1, GFIRST = 2, GLAST = 4, LISTED = 8, FINAL = 16;
+const FIRST = 1, LISTED = 2;
 const MAX_RANGE = 60_000;
 /** Cells of the initial k-d order; any power of two up to this makes compact groups. */
 const KD_CELLS = 1024;
@@ -372,10 +372,10 @@ interface Chunk {
   rows: number;
   groups: number;
   x: GPUBuffer; // [rows, d]
-  code: GPUBuffer; // [rows]
-  us: GPUBuffer; // [rows, 2]
-  lbs: GPUBuffer; // [rows, groups]
   list: GPUBuffer; // [groups + 1, rows]
+  code: GPUBuffer; // [2, rows]
+  st: GPUBuffer; // [3, rows]
+  lbs: GPUBuffer; // [groups, rows]
 }
 
 /** Counts of one assignment pass (for tests and benchmarks). */
@@ -395,6 +395,7 @@ class Assigner {
   private readonly G: number;
   private readonly scanPipe: GPUComputePipeline;
   private readonly boundsPipe: GPUComputePipeline;
+  private readonly finishPipe: GPUComputePipeline;
   private readonly chunks: Chunk[] = [];
   private readonly buffers: GPUBuffer[] = [];
   private readonly cent: GPUBuffer; // [n, d]
@@ -425,6 +426,7 @@ class Assigner {
     const name = `kmeans_d${d}_p${this.P}_w${WG}`;
     this.scanPipe = gpu.pipeline(name, src, "scan");
     this.boundsPipe = gpu.pipeline(name, src, "bounds");
+    this.finishPipe = gpu.pipeline(name, src, "finish");
     const mk = (bytes: number, label: string): GPUBuffer => {
       const b = gpu.createBuffer(bytes, label);
       this.buffers.push(b);
@@ -435,13 +437,13 @@ class Assigner {
       rows,
       groups,
       x: xb ?? mk(rows * d * 4, "kmeans.x"),
-      code: mk(rows * 4, "kmeans.code"),
-      us: mk(rows * 8, "kmeans.us"),
-      lbs: mk(rows * groups * 4, "kmeans.lbs"),
       list: mk(rows * (groups + 1) * 4, "kmeans.list"),
+      code: mk(rows * 2 * 4, "kmeans.code"),
+      st: mk(rows * 3 * 4, "kmeans.st"),
+      lbs: mk(rows * groups * 4, "kmeans.lbs"),
     });
     // Every per-chunk buffer must fit one binding; the active lists are the largest.
-    const fit = Math.floor(gpu.limits.maxBinding / (4 * Math.max(d, this.G + 1)));
+    const fit = Math.floor(gpu.limits.maxBinding / (4 * Math.max(d, this.G + 1, 3)));
     const per = Math.max(1, Math.min(maxPoints, fit));
     for (let r0 = 0; r0 < N; r0 += per) {
       this.chunks.push(mkChunk(r0, Math.min(per, N - r0), this.G));
@@ -466,36 +468,50 @@ class Assigner {
     this.buffers.length = 0;
   }
 
-  private scan(c: Chunk, count: number, c0: number, c1: number, flags: number, group = 0): void {
-    if (count === 0) return;
-    const [gx, gy] = grid(Math.ceil(count / (WG * this.P)), this.gpu.limits.maxWorkgroups);
-    const loff = flags & FINAL ? c.groups * c.rows : group * c.rows;
-    this.gpu.dispatch(this.scanPipe, [
-      new Uint32Array([count, c0, c1, flags, gx, this.n, c.groups, group, loff, c.rows]),
+  private bindings(c: Chunk, params: number[]): Binding[] {
+    return [
+      new Uint32Array(params),
+      { buffer: c.list, size: c.rows * (c.groups + 1) * 4 },
+      { buffer: c.code, size: c.rows * 2 * 4 },
+      { buffer: c.st, size: c.rows * 3 * 4 },
+      { buffer: c.lbs, size: c.rows * c.groups * 4 },
       { buffer: c.x, size: c.rows * this.d * 4 },
       { buffer: this.cent, size: this.n * this.d * 4 },
-      { buffer: c.list, size: c.rows * (c.groups + 1) * 4 },
-      { buffer: c.code, size: c.rows * 4 },
-      { buffer: c.us, size: c.rows * 8 },
-      { buffer: c.lbs, size: c.rows * c.groups * 4 },
-    ], [gx, gy]);
-    this.evals += count * (c1 - c0);
+    ];
   }
 
-  /** Scans centroid group g (in ranges of at most `range`) for `count` points. */
-  private scanGroup(c: Chunk, count: number, g: number, extra: number): void {
-    const lo = groupStart(g, this.n, c.groups), hi = groupStart(g + 1, this.n, c.groups);
+  /** Scans centroids [lo, hi) in ranges for `count` points: rows, or list `list` if >= 0. */
+  private scan(c: Chunk, count: number, lo: number, hi: number, list: number): void {
+    if (count === 0) return;
+    const [gx, gy] = grid(Math.ceil(count / (WG * this.P)), this.gpu.limits.maxWorkgroups);
     for (let c0 = lo; c0 < hi; c0 += this.range) {
       const c1 = Math.min(hi, c0 + this.range);
-      const flags = extra | (c0 === lo ? GFIRST : 0) | (c1 === hi ? GLAST : 0);
-      this.scan(c, count, c0, c1, c0 === 0 ? flags : flags & ~FIRST, g);
+      const flags = (list >= 0 ? LISTED : 0) | (list < 0 && c0 === 0 ? FIRST : 0);
+      const params = [count, c0, c1, flags, gx, this.n, c.groups, Math.max(0, list) * c.rows];
+      this.gpu.dispatch(this.scanPipe, this.bindings(c, [...params, c.rows]).slice(0, 7), [
+        gx,
+        gy,
+      ]);
     }
+    this.evals += count * (hi - lo);
+  }
+
+  /** Turns running states into assignments and bounds: rows, or list G's points. */
+  private finish(c: Chunk, count: number, listed: boolean): void {
+    if (count === 0) return;
+    const [gx, gy] = grid(Math.ceil(count / BOUNDS_WG), this.gpu.limits.maxWorkgroups);
+    const params = [count, 0, 0, listed ? LISTED : 0, gx * BOUNDS_WG, this.n, c.groups];
+    this.gpu.dispatch(
+      this.finishPipe,
+      this.bindings(c, [...params, c.groups * c.rows, c.rows]).slice(0, 5),
+      [gx, gy],
+    );
   }
 
   /** Every point of the chunk against every centroid; leaves bounds for the next pass. */
   private scanAll(c: Chunk): void {
-    for (let g = 0; g < c.groups; g++) this.scanGroup(c, c.rows, g, FIRST);
-    this.scan(c, c.rows, 0, 0, FINAL);
+    this.scan(c, c.rows, 0, this.n, -1);
+    this.finish(c, c.rows, false);
   }
 
   /** Assigns every point to its nearest centroid of `cents`; `prev` is the last assignment's. */
@@ -536,14 +552,9 @@ class Assigner {
       for (let i = 0; i < this.chunks.length; i++) {
         const c = this.chunks[i];
         const [gx, gy] = grid(Math.ceil(c.rows / BOUNDS_WG), gpu.limits.maxWorkgroups);
+        const params = [c.rows, 0, 0, 0, gx * BOUNDS_WG, n, c.groups, 0, c.rows];
         gpu.dispatch(this.boundsPipe, [
-          new Uint32Array([c.rows, 0, 0, 0, gx * BOUNDS_WG, n, c.groups, 0, 0, c.rows]),
-          { buffer: c.x, size: c.rows * d * 4 },
-          { buffer: this.cent, size: n * d * 4 },
-          { buffer: c.list, size: c.rows * (c.groups + 1) * 4 },
-          { buffer: c.code, size: c.rows * 4 },
-          { buffer: c.us, size: c.rows * 8 },
-          { buffer: c.lbs, size: c.rows * c.groups * 4 },
+          ...this.bindings(c, params),
           { buffer: this.moves, size: (2 * n + G) * 4 },
           { buffer: this.cnt, offset: i * this.cntStride, size: (G + 2) * 4 },
         ], [gx, gy]);
@@ -559,19 +570,17 @@ class Assigner {
         const c = this.chunks[i];
         const at = (i * this.cntStride) / 4;
         for (let g = 0; g < G; g++) {
-          this.scanGroup(c, counts[at + g], g, LISTED);
+          this.scan(c, counts[at + g], groupStart(g, n, G), groupStart(g + 1, n, G), g);
           stat.listed += counts[at + g];
         }
-        this.scan(c, counts[at + G], 0, 0, LISTED | FINAL);
+        this.finish(c, counts[at + G], true);
         stat.active += counts[at + G];
         stat.tightened += counts[at + G + 1];
         this.evals += counts[at + G + 1];
       }
       if (dbg) {
         await gpu.sync();
-        console.log(
-          `listed scans ${(performance.now() - t0).toFixed(0)} ms ${JSON.stringify(stat)}`,
-        );
+        console.log(`listed scans ${(performance.now() - t0).toFixed(0)} ms ${JSON.stringify(stat)}`);
       }
     }
     const codes = new Uint32Array(this.N);

@@ -5,21 +5,14 @@ import type { Gpu } from "../gpu/device.ts";
 import { Tensor } from "../gpu/tensor.ts";
 import { type LinearKind, linearNames, type ModelConfig } from "../io/config.ts";
 import { adamw } from "../kernels/adamw.ts";
-import { causalSoftmax } from "../kernels/attention.ts";
-import {
-  causalSoftmaxBackward,
-  rmsnormBackward,
-  ropeBackward,
-  siluMulBackwardInPlace,
-} from "../kernels/backward.ts";
 import {
   codebookGrad,
   decodeCodebook,
   type GpuCodeIndex,
   prepareCodeIndex,
 } from "../kernels/codebook.ts";
-import { matmul } from "../kernels/matmul.ts";
 import { transpose } from "../kernels/transpose.ts";
+import { BackwardScratch, backwardBlock } from "../model/backward.ts";
 import {
   BlockScratch,
   type BlockWeights,
@@ -70,6 +63,7 @@ export class StudentBlock {
   private step = 0;
   private readonly keep: KeptActivations;
   private readonly g: Record<string, Tensor> = {};
+  private readonly bs: BackwardScratch;
 
   private constructor(
     readonly gpu: Gpu,
@@ -83,8 +77,8 @@ export class StudentBlock {
     const w = {} as BlockWeights["w"];
     for (const l of linears) w[l.kind] = l.wT;
     this.block = { layer: -1, w, inputNorm, postNorm };
-    const H = cfg.hidden, I = cfg.intermediate, hd = cfg.headDim;
-    const qd = cfg.heads * hd, kvd = cfg.kvHeads * hd;
+    const H = cfg.hidden, I = cfg.intermediate;
+    this.bs = new BackwardScratch(gpu, cfg, T, scratch.headGroup);
     const e = (shape: number[], name: string) => Tensor.empty(gpu, shape, `student.${name}`);
     this.keep = {
       xIn: e([H, T], "xIn"),
@@ -92,28 +86,7 @@ export class StudentBlock {
       x2: e([H, T], "x2"),
       g: e([I, T], "g"),
     };
-    const widest = Math.max(H, I, qd);
-    let maxW = 0;
-    for (const l of linears) maxW = Math.max(maxW, l.inDim * l.out);
-    const hs = scratch.headGroup;
-    const grads: [string, number[]][] = [
-      ["y", [H, T]],
-      ["dy", [H, T]],
-      ["dx2", [H, T]],
-      ["dh", [H, T]],
-      ["da", [I, T]],
-      ["do", [qd, T]],
-      ["doTok", [T, qd]],
-      ["dq", [qd, T]],
-      ["dk", [kvd, T]],
-      ["dv", [T, kvd]],
-      ["vT", [kvd, T]],
-      ["tokA", [T, widest]],
-      ["tokB", [T, widest]],
-      ["p2", [hs, T, T]],
-      ["dwT", [maxW]],
-      ["sq", [T]],
-    ];
+    const grads: [string, number[]][] = [["y", [H, T]], ["dy", [H, T]], ["sq", [T]]];
     for (const [name, shape] of grads) this.g[name] = e(shape, name);
   }
 
@@ -232,233 +205,18 @@ export class StudentBlock {
 
   /** Codebook gradients from dy, after forward(x, true). */
   backward(): void {
-    const gpu = this.gpu, cfg = this.cfg, s = this.scratch, k = this.keep, g = this.g;
-    const T = this.T, H = cfg.hidden, I = cfg.intermediate, hd = cfg.headDim;
-    const qd = cfg.heads * hd, kvd = cfg.kvHeads * hd, group = cfg.heads / cfg.kvHeads;
-    const L = Object.fromEntries(this.linears.map((l) => [l.kind, l])) as Record<
+    const dc = Object.fromEntries(this.linears.map((l) => [l.kind, l])) as Record<
       LinearKind,
       LinearState
     >;
-    // dX [in, T] (+)= W^T-contraction: At = W [out, in], B = dY [out, T].
-    const back = (l: LinearState, dY: Tensor, dX: Tensor, accumulate = false) =>
-      matmul(gpu, {
-        M: l.inDim,
-        N: T,
-        K: l.out,
-        a: l.w.buffer,
-        lda: l.inDim,
-        b: dY.buffer,
-        ldb: T,
-        c: dX.buffer,
-        ldc: T,
-        accumulate,
-      });
-    // dC from dW^T [in, out] = X_tok^T dY_tok, with X and dY given feature-major (transposed here)
-    // or already token-major.
-    const grad = (l: LinearState, xTok: Tensor, dyTok: Tensor) => {
-      matmul(gpu, {
-        M: l.inDim,
-        N: l.out,
-        K: T,
-        a: xTok.buffer,
-        lda: l.inDim,
-        b: dyTok.buffer,
-        ldb: l.out,
-        c: g.dwT.buffer,
-        ldc: l.out,
-      });
-      codebookGrad(
-        gpu,
-        { buffer: g.dwT.buffer, offset: 0, size: l.inDim * l.out * 4 },
-        l.index,
-        l.dc.all,
-      );
-    };
-    const tok = (src: Tensor, rows: number, dst: Tensor) =>
-      transpose(gpu, src.all, { buffer: dst.buffer, offset: 0, size: rows * T * 4 }, rows, T);
-
-    // MLP: y = x2 + Wd a, a = silu(g) * u (a is in s.gate, u in s.up, h2 in s.h).
-    tok(g.dy, H, g.tokB);
-    tok(s.gate, I, g.tokA);
-    grad(L.down, g.tokA, g.tokB);
-    back(L.down, g.dy, g.da);
-    // In place: the kept g becomes dg, the scratch up becomes du.
-    siluMulBackwardInPlace(gpu, k.g.all, s.up.all, g.da.all, I * T);
-    back(L.gate, k.g, g.dh);
-    back(L.up, s.up, g.dh, true);
-    tok(s.h, H, g.tokA);
-    tok(k.g, I, g.tokB);
-    grad(L.gate, g.tokA, g.tokB);
-    tok(s.up, I, g.tokB);
-    grad(L.up, g.tokA, g.tokB);
-    // dx2 = dy + rmsnorm'(x2) dh2
-    gpu.copy(g.dy.buffer, 0, g.dx2.buffer, 0, g.dy.bytes);
-    rmsnormBackward(
-      gpu,
-      k.x2.all,
-      this.block.postNorm.all,
-      g.dh.all,
-      g.dx2.all,
-      H,
-      T,
-      cfg.rmsNormEps,
-      {
-        accumulate: true,
-      },
-    );
-    // o projection: x2 = x + Wo o.
-    tok(s.o, qd, g.tokA);
-    tok(g.dx2, H, g.tokB);
-    grad(L.o, g.tokA, g.tokB);
-    back(L.o, g.dx2, g.do);
-    transpose(gpu, g.do.all, g.doTok.all, qd, T);
-
-    // Attention core, recomputing P per head group (memory over time).
-    transpose(gpu, s.v.all, g.vT.all, T, kvd);
-    tok(s.q, qd, g.tokA); // q token-major [T, qd]
-    tok(s.k, kvd, g.tokB); // k token-major [T, kvd]
-    const scale = 1 / Math.sqrt(hd);
-    for (let h0 = 0; h0 < cfg.heads; h0 += s.headGroup) {
-      const hs = Math.min(s.headGroup, cfg.heads - h0);
-      const sc = s.scores.buffer, p2 = g.p2.buffer;
-      // P^T [hs, j, i] as in the forward.
-      matmul(gpu, {
-        M: T,
-        N: T,
-        K: hd,
-        a: s.k.buffer,
-        aOffset: Math.floor(h0 / group) * hd * T,
-        lda: T,
-        b: s.q.buffer,
-        bOffset: h0 * hd * T,
-        ldb: T,
-        c: sc,
-        ldc: T,
-        batch: hs,
-        aBatchStride: hd * T,
-        aBatchDiv: group,
-        bBatchStride: hd * T,
-        cBatchStride: T * T,
-      });
-      causalSoftmax(gpu, s.scores.all, hs, T, scale);
-      // P [hs, i, j]; dV[j, kv(h)] (+)= sum_i P[i, j] dO[i, h]
-      transpose(
-        gpu,
-        { buffer: sc, offset: 0, size: hs * T * T * 4 },
-        {
-          buffer: p2,
-          offset: 0,
-          size: hs * T * T * 4,
-        },
-        T,
-        T,
-        hs,
-      );
-      for (let h = h0; h < h0 + hs; h++) {
-        const kv = Math.floor(h / group);
-        matmul(gpu, {
-          M: T,
-          N: hd,
-          K: T,
-          a: p2,
-          aOffset: (h - h0) * T * T,
-          lda: T,
-          b: g.doTok.buffer,
-          bOffset: h * hd,
-          ldb: qd,
-          c: g.dv.buffer,
-          cOffset: kv * hd,
-          ldc: kvd,
-          accumulate: h % group !== 0,
-        });
-      }
-      // dP^T [hs, j, i] = sum_d V[j, d] dO^T[d, i] (into p2, P is no longer needed)
-      matmul(gpu, {
-        M: T,
-        N: T,
-        K: hd,
-        a: g.vT.buffer,
-        aOffset: Math.floor(h0 / group) * hd * T,
-        lda: T,
-        b: g.do.buffer,
-        bOffset: h0 * hd * T,
-        ldb: T,
-        c: p2,
-        ldc: T,
-        batch: hs,
-        aBatchStride: hd * T,
-        aBatchDiv: group,
-        bBatchStride: hd * T,
-        cBatchStride: T * T,
-      });
-      causalSoftmaxBackward(
-        gpu,
-        s.scores.all,
-        { buffer: p2, offset: 0, size: hs * T * T * 4 },
-        hs,
-        T,
-        scale,
-      );
-      // dQ^T[h] = sum_j K[j, d] dS^T[j, i]
-      matmul(gpu, {
-        M: hd,
-        N: T,
-        K: T,
-        a: g.tokB.buffer,
-        aOffset: Math.floor(h0 / group) * hd,
-        lda: kvd,
-        b: p2,
-        ldb: T,
-        c: g.dq.buffer,
-        cOffset: h0 * hd * T,
-        ldc: T,
-        batch: hs,
-        aBatchStride: hd,
-        aBatchDiv: group,
-        bBatchStride: T * T,
-        cBatchStride: hd * T,
-      });
-      // dS [hs, i, j] into the scores buffer, then dK^T[kv] (+)= sum_i Q[i, d] dS[i, j]
-      transpose(
-        gpu,
-        { buffer: p2, offset: 0, size: hs * T * T * 4 },
-        {
-          buffer: sc,
-          offset: 0,
-          size: hs * T * T * 4,
-        },
-        T,
-        T,
-        hs,
-      );
-      for (let h = h0; h < h0 + hs; h++) {
-        const kv = Math.floor(h / group);
-        matmul(gpu, {
-          M: hd,
-          N: T,
-          K: T,
-          a: g.tokA.buffer,
-          aOffset: h * hd,
-          lda: qd,
-          b: sc,
-          bOffset: (h - h0) * T * T,
-          ldb: T,
-          c: g.dk.buffer,
-          cOffset: kv * hd * T,
-          ldc: T,
-          accumulate: h % group !== 0,
-        });
-      }
-    }
-    ropeBackward(gpu, g.dq.all, s.cos.all, s.sin.all, cfg.heads, hd, T);
-    ropeBackward(gpu, g.dk.all, s.cos.all, s.sin.all, cfg.kvHeads, hd, T);
-    // q, k, v projections from h1.
-    tok(k.h1, H, g.tokA);
-    grad(L.v, g.tokA, g.dv);
-    tok(g.dq, qd, g.tokB);
-    grad(L.q, g.tokA, g.tokB);
-    tok(g.dk, kvd, g.tokB);
-    grad(L.k, g.tokA, g.tokB);
+    const w = Object.fromEntries(this.linears.map((l) => [l.kind, l.w])) as Record<
+      LinearKind,
+      Tensor
+    >;
+    backwardBlock(this.gpu, this.block, this.scratch, this.keep, this.bs, this.g.dy, {
+      w,
+      onWeightGrad: (kind, dwT) => codebookGrad(this.gpu, dwT, dc[kind].index, dc[kind].dc.all),
+    });
   }
 
   /** One AdamW step on every codebook. */
@@ -484,6 +242,7 @@ export class StudentBlock {
     }
     for (const t of Object.values(this.keep)) t.release();
     for (const t of Object.values(this.g)) t.release();
+    this.bs.release();
     this.block.inputNorm.release();
     this.block.postNorm.release();
     this.scratch.release();

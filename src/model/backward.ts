@@ -1,0 +1,297 @@
+// Backward pass of one decoder block for one window (B = 1), after forwardBlock(..., keep).
+// Weight gradients dW^T [in, out] are handed to a callback one at a time (the buffer is reused
+// afterwards); the input gradient and the norm-weight gradients are optional.
+// Attention probabilities are recomputed per head group rather than kept: [heads, T, T] per
+// window is the largest activation of a block, and recomputing costs one small matmul.
+import type { BufferRange, Gpu } from "../gpu/device.ts";
+import { Tensor } from "../gpu/tensor.ts";
+import type { LinearKind, ModelConfig } from "../io/config.ts";
+import { causalSoftmax } from "../kernels/attention.ts";
+import {
+  causalSoftmaxBackward,
+  rmsnormBackward,
+  ropeBackward,
+  siluMulBackwardInPlace,
+} from "../kernels/backward.ts";
+import { matmul } from "../kernels/matmul.ts";
+import { transpose } from "../kernels/transpose.ts";
+import { linearOf } from "./weights.ts";
+import type { BlockScratch, BlockWeights, KeptActivations } from "./block.ts";
+
+/** The extra buffers a backward pass needs for one window of T tokens. */
+export class BackwardScratch {
+  readonly t: Record<string, Tensor> = {};
+  constructor(readonly gpu: Gpu, readonly cfg: ModelConfig, readonly T: number, headGroup: number) {
+    const H = cfg.hidden, I = cfg.intermediate, hd = cfg.headDim;
+    const qd = cfg.heads * hd, kvd = cfg.kvHeads * hd;
+    let maxW = 0;
+    for (const kind of ["q", "k", "v", "o", "gate", "up", "down"] as const) {
+      const l = linearOf(cfg, 0, kind);
+      maxW = Math.max(maxW, l.in * l.out);
+    }
+    const widest = Math.max(H, I, qd);
+    const shapes: [string, number[]][] = [
+      ["dx2", [H, T]],
+      ["dh", [H, T]],
+      ["da", [I, T]],
+      ["do", [qd, T]],
+      ["doTok", [T, qd]],
+      ["dq", [qd, T]],
+      ["dk", [kvd, T]],
+      ["dv", [T, kvd]],
+      ["vT", [kvd, T]],
+      ["tokA", [T, widest]],
+      ["tokB", [T, widest]],
+      ["p2", [headGroup, T, T]],
+      ["dwT", [maxW]],
+      ["rstd", [T]],
+    ];
+    for (const [name, shape] of shapes) this.t[name] = Tensor.empty(gpu, shape, `backward.${name}`);
+  }
+
+  release(): void {
+    for (const t of Object.values(this.t)) t.release();
+  }
+}
+
+export interface BackwardOptions {
+  /** dW^T [in, out] of one linear, valid until the callback returns. */
+  onWeightGrad: (kind: LinearKind, dwT: BufferRange) => void;
+  /** W [out, in] per linear (the backward contracts over out). */
+  w: Record<LinearKind, Tensor>;
+  /** Input gradient [H, T], written when given. */
+  dx?: Tensor;
+  /** Norm-weight gradients [H], accumulated when given. */
+  dInputNorm?: Tensor;
+  dPostNorm?: Tensor;
+}
+
+/** Gradients from dy [H, T] after forwardBlock(gpu, b, y, s, keep) on one window. */
+export function backwardBlock(
+  gpu: Gpu,
+  b: BlockWeights,
+  s: BlockScratch,
+  keep: KeptActivations,
+  bs: BackwardScratch,
+  dy: Tensor,
+  opt: BackwardOptions,
+): void {
+  const cfg = s.cfg, g = bs.t, W = opt.w;
+  const T = bs.T, H = cfg.hidden, I = cfg.intermediate, hd = cfg.headDim;
+  const qd = cfg.heads * hd, kvd = cfg.kvHeads * hd, group = cfg.heads / cfg.kvHeads;
+  if (s.n !== T) throw new Error("backwardBlock: the scratch must hold exactly one window");
+  const lin = (kind: LinearKind) => linearOf(cfg, 0, kind);
+  // dX [in, T] (+)= sum_o W[o, i] dY[o, t]
+  const back = (kind: LinearKind, dY: Tensor, dX: Tensor, accumulate = false) => {
+    const l = lin(kind);
+    matmul(gpu, {
+      M: l.in,
+      N: T,
+      K: l.out,
+      a: W[kind].buffer,
+      lda: l.in,
+      b: dY.buffer,
+      ldb: T,
+      c: dX.buffer,
+      ldc: T,
+      accumulate,
+    });
+  };
+  // dW^T [in, out] = X_tok^T dY_tok, both token-major.
+  const grad = (kind: LinearKind, xTok: Tensor, dyTok: Tensor) => {
+    const l = lin(kind);
+    matmul(gpu, {
+      M: l.in,
+      N: l.out,
+      K: T,
+      a: xTok.buffer,
+      lda: l.in,
+      b: dyTok.buffer,
+      ldb: l.out,
+      c: g.dwT.buffer,
+      ldc: l.out,
+    });
+    opt.onWeightGrad(kind, { buffer: g.dwT.buffer, offset: 0, size: l.in * l.out * 4 });
+  };
+  // [rows, T] -> [T, rows]
+  const tok = (src: Tensor, rows: number, dst: Tensor) =>
+    transpose(
+      gpu,
+      { buffer: src.buffer, offset: 0, size: rows * T * 4 },
+      {
+        buffer: dst.buffer,
+        offset: 0,
+        size: rows * T * 4,
+      },
+      rows,
+      T,
+    );
+
+  // MLP: y = x2 + Wd a, a = silu(g) * u; a is in s.gate, u in s.up, h2 in s.h.
+  tok(dy, H, g.tokB);
+  tok(s.gate, I, g.tokA);
+  grad("down", g.tokA, g.tokB);
+  back("down", dy, g.da);
+  // In place: the kept g becomes dg, the scratch up becomes du.
+  siluMulBackwardInPlace(gpu, keep.g.all, s.up.all, g.da.all, I * T);
+  back("gate", keep.g, g.dh);
+  back("up", s.up, g.dh, true);
+  tok(s.h, H, g.tokA);
+  tok(keep.g, I, g.tokB);
+  grad("gate", g.tokA, g.tokB);
+  tok(s.up, I, g.tokB);
+  grad("up", g.tokA, g.tokB);
+  // dx2 = dy + rmsnorm'(x2) dh2
+  gpu.copy(dy.buffer, 0, g.dx2.buffer, 0, H * T * 4);
+  rmsnormBackward(gpu, keep.x2.all, b.postNorm.all, g.dh.all, g.dx2.all, H, T, cfg.rmsNormEps, {
+    accumulate: true,
+    ...(opt.dPostNorm ? { dw: opt.dPostNorm.all, rstd: g.rstd.all } : {}),
+  });
+  // o projection: x2 = x + Wo o.
+  tok(s.o, qd, g.tokA);
+  tok(g.dx2, H, g.tokB);
+  grad("o", g.tokA, g.tokB);
+  back("o", g.dx2, g.do);
+  transpose(gpu, g.do.all, g.doTok.all, qd, T);
+
+  // Attention core.
+  transpose(gpu, s.v.all, g.vT.all, T, kvd);
+  tok(s.q, qd, g.tokA); // q token-major [T, qd]
+  tok(s.k, kvd, g.tokB); // k token-major [T, kvd]
+  const scale = 1 / Math.sqrt(hd);
+  const sc = s.scores.buffer, p2 = g.p2.buffer;
+  for (let h0 = 0; h0 < cfg.heads; h0 += s.headGroup) {
+    const hs = Math.min(s.headGroup, cfg.heads - h0);
+    const range = { buffer: p2, offset: 0, size: hs * T * T * 4 };
+    const scRange = { buffer: sc, offset: 0, size: hs * T * T * 4 };
+    // P^T [hs, j, i] recomputed as in the forward.
+    matmul(gpu, {
+      M: T,
+      N: T,
+      K: hd,
+      a: s.k.buffer,
+      aOffset: Math.floor(h0 / group) * hd * T,
+      lda: T,
+      b: s.q.buffer,
+      bOffset: h0 * hd * T,
+      ldb: T,
+      c: sc,
+      ldc: T,
+      batch: hs,
+      aBatchStride: hd * T,
+      aBatchDiv: group,
+      bBatchStride: hd * T,
+      cBatchStride: T * T,
+    });
+    causalSoftmax(gpu, scRange, hs, T, scale);
+    // dV[j, kv(h)] (+)= sum_i P[i, j] dO[i, h], with P = transpose of P^T.
+    transpose(gpu, scRange, range, T, T, hs);
+    for (let h = h0; h < h0 + hs; h++) {
+      matmul(gpu, {
+        M: T,
+        N: hd,
+        K: T,
+        a: p2,
+        aOffset: (h - h0) * T * T,
+        lda: T,
+        b: g.doTok.buffer,
+        bOffset: h * hd,
+        ldb: qd,
+        c: g.dv.buffer,
+        cOffset: Math.floor(h / group) * hd,
+        ldc: kvd,
+        accumulate: h % group !== 0,
+      });
+    }
+    // dP^T [hs, j, i] = sum_d V[j, d] dO^T[d, i], then dS^T in place.
+    matmul(gpu, {
+      M: T,
+      N: T,
+      K: hd,
+      a: g.vT.buffer,
+      aOffset: Math.floor(h0 / group) * hd * T,
+      lda: T,
+      b: g.do.buffer,
+      bOffset: h0 * hd * T,
+      ldb: T,
+      c: p2,
+      ldc: T,
+      batch: hs,
+      aBatchStride: hd * T,
+      aBatchDiv: group,
+      bBatchStride: hd * T,
+      cBatchStride: T * T,
+    });
+    causalSoftmaxBackward(gpu, scRange, range, hs, T, scale);
+    // dQ^T[h] = sum_j K[j, d] dS^T[j, i]
+    matmul(gpu, {
+      M: hd,
+      N: T,
+      K: T,
+      a: g.tokB.buffer,
+      aOffset: Math.floor(h0 / group) * hd,
+      lda: kvd,
+      b: p2,
+      ldb: T,
+      c: g.dq.buffer,
+      cOffset: h0 * hd * T,
+      ldc: T,
+      batch: hs,
+      aBatchStride: hd,
+      aBatchDiv: group,
+      bBatchStride: T * T,
+      cBatchStride: hd * T,
+    });
+    // dK^T[kv] (+)= sum_i Q[i, d] dS[i, j], with dS = transpose of dS^T.
+    transpose(gpu, range, scRange, T, T, hs);
+    for (let h = h0; h < h0 + hs; h++) {
+      matmul(gpu, {
+        M: hd,
+        N: T,
+        K: T,
+        a: g.tokA.buffer,
+        aOffset: h * hd,
+        lda: qd,
+        b: sc,
+        bOffset: (h - h0) * T * T,
+        ldb: T,
+        c: g.dk.buffer,
+        cOffset: Math.floor(h / group) * hd * T,
+        ldc: T,
+        accumulate: h % group !== 0,
+      });
+    }
+  }
+  ropeBackward(gpu, g.dq.all, s.cos.all, s.sin.all, cfg.heads, hd, T);
+  ropeBackward(gpu, g.dk.all, s.cos.all, s.sin.all, cfg.kvHeads, hd, T);
+  // q, k, v projections of h1.
+  tok(keep.h1, H, g.tokA);
+  grad("v", g.tokA, g.dv);
+  tok(g.dq, qd, g.tokB);
+  grad("q", g.tokA, g.tokB);
+  tok(g.dk, kvd, g.tokB);
+  grad("k", g.tokA, g.tokB);
+
+  if (opt.dx) {
+    // dh1 = Wq' dq + Wk' dk + Wv' dv, then dx = dx2 + rmsnorm'(x) dh1.
+    transpose(gpu, g.dv.all, g.vT.all, T, kvd);
+    back("q", g.dq, g.dh);
+    back("k", g.dk, g.dh, true);
+    back("v", g.vT, g.dh, true);
+    gpu.copy(g.dx2.buffer, 0, opt.dx.buffer, 0, H * T * 4);
+    rmsnormBackward(
+      gpu,
+      keep.xIn.all,
+      b.inputNorm.all,
+      g.dh.all,
+      opt.dx.all,
+      H,
+      T,
+      cfg.rmsNormEps,
+      {
+        accumulate: true,
+        ...(opt.dInputNorm ? { dw: opt.dInputNorm.all, rstd: g.rstd.all } : {}),
+      },
+    );
+  }
+}
