@@ -92,19 +92,48 @@ fn row(slot: u32) -> u32 {
   return s;
 }
 
-// Nearest and second-nearest centroid in [c0, c1) for up to WG * P points per workgroup, merged
-// into each point's running state; the running minimum of each group the range covers becomes
-// that group's lower bound when the group ends inside the range.
+/** Merges a range's best b (index i) and second-best s into the running state of row q. */
+fn merge(q: u32, b: f32, s: f32, i: u32) {
+  let R = p.rows;
+  let g = group_of(p.c0);
+  let g0 = group_start(g);
+  var bb = BIG;
+  var ss = BIG;
+  var ii = 0u;
+  if ((p.flags & FIRST) == 0u) {
+    bb = st[q];
+    ss = st[R + q];
+    ii = code[q];
+  }
+  if (b < bb) {
+    ss = min(bb, s);
+    bb = b;
+    ii = i;
+  } else {
+    ss = min(ss, b);
+  }
+  code[q] = ii;
+  st[q] = bb;
+  st[R + q] = ss;
+  var m = b;
+  if (p.c0 != g0) {
+    m = min(m, lbs[g * R + q]);
+  }
+  if (p.c1 == group_start(g + 1u)) {
+    m = lower(m);
+  }
+  lbs[g * R + q] = m;
+}
+
+// Nearest and second-nearest centroid in [c0, c1) (inside one group) for up to WG * P points
+// per workgroup. The loop keeps the range's own best b, index i and second-best s; afterwards
+// they are merged into each point's running state, and the group's running minimum becomes its
+// lower bound when the range ends the group. (Keeping the merge and the group minimum out of
+// the loop matters: a per-step group check in the loop made it three times slower.)
 @compute @workgroup_size(WG)
 fn scan(@builtin(workgroup_id) w: vec3<u32>, @builtin(local_invocation_index) li: u32) {
   let base = (w.x + w.y * p.stride) * (WG * ${P}u) + li;
-  let first = (p.flags & FIRST) != 0u;
-  let R = p.rows;
-  var g = group_of(p.c0);
-  var gend = group_start(g + 1u);
-  let gfirst = p.c0 == group_start(g);
 //#for j < P
-  let v${j} = base + ${j}u * WG < p.count;
   let q${j} = row(base + ${j}u * WG);
 //#for k < D
   let x${j}_${k} = x[q${j} * D + ${k}u];
@@ -112,27 +141,8 @@ fn scan(@builtin(workgroup_id) w: vec3<u32>, @builtin(local_invocation_index) li
   var b${j} = BIG;
   var s${j} = BIG;
   var i${j} = 0u;
-  var m${j} = BIG;
-  if (!first) {
-    b${j} = st[q${j}];
-    s${j} = st[R + q${j}];
-    i${j} = code[q${j}];
-  }
-  if (!gfirst) {
-    m${j} = lbs[g * R + q${j}];
-  }
 //#end
   for (var c = p.c0; c < p.c1; c++) {
-    if (c == gend) {
-//#for j < P
-      if (v${j}) {
-        lbs[g * R + q${j}] = lower(m${j});
-      }
-      m${j} = BIG;
-//#end
-      g++;
-      gend = group_start(g + 1u);
-    }
 //#for k < D
     let c${k} = cent[c * D + ${k}u];
 //#end
@@ -145,16 +155,11 @@ fn scan(@builtin(workgroup_id) w: vec3<u32>, @builtin(local_invocation_index) li
     s${j} = min(s${j}, max(b${j}, e${j}));
     i${j} = select(i${j}, c, e${j} < b${j});
     b${j} = min(b${j}, e${j});
-    m${j} = min(m${j}, e${j});
 //#end
   }
-  let gdone = p.c1 == gend;
 //#for j < P
-  if (v${j}) {
-    code[q${j}] = i${j};
-    st[q${j}] = b${j};
-    st[R + q${j}] = s${j};
-    lbs[g * R + q${j}] = select(m${j}, lower(m${j}), gdone);
+  if (base + ${j}u * WG < p.count) {
+    merge(q${j}, b${j}, s${j}, i${j});
   }
 //#end
 }

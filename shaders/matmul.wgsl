@@ -1,18 +1,24 @@
 // General f32 matmul: C[M, N] (=|+=) sum_k At[k, m] * B[k, n], with At stored [K, M] ("A
 // transposed"), all row-major with leading dimensions and element offsets, batched over
 // workgroup z (batch i reads A batch floor(i / a_div) and B batch floor(i / b_div): GQA).
+// src/kernels/matmul.ts plans the dispatches (binding ranges, K chunks, variants).
 //
-// Tiling for llvmpipe: every per-invocation (non-constant-address) load costs about as much as
-// ~20 FMAs there, so each invocation owns a 32x16 block of C held in 32 mat4x4
-// accumulators and reads 8 vec4 of At and 4 vec4 of B per k step. A workgroup is one
-// 8-wide SIMD group: 8 / ln invocations along m times ln along n. Loads are not bounds-checked
-// against M, N: lanes past the edge read padding or out-of-range words (WebGPU clamps or
-// zeroes them), which only ever reach accumulators that are never stored. Stores are guarded.
-// The k loop runs p.K times per invocation: the host keeps p.K below Mesa's 65,535-iteration
-// cap by splitting K over dispatches.
+// Tiling for llvmpipe: a load whose address is not a compile-time constant runs a loop over the
+// 8 lanes there (one vec4 costs about as much as 50 FMAs), so each invocation owns a 32x16
+// block of C in 32 mat4x4 accumulators and reads 8 vec4 of At and 4 vec4 of B per k step
+// (the unrolled lines are c{i}{j} = op(a{i}, b{j}, c{i}{j}) for i < TM/4, j < TN/4; MATMUL_TM
+// and MATMUL_TN in the TypeScript must match TM and TN). A workgroup is one 8-wide SIMD group:
+// 8 / ln invocations along m times ln along n. Loads are not checked against M, N: lanes past
+// the edge read padding or out-of-range words (WebGPU clamps or zeroes them), which only reach
+// accumulators that are never stored. Stores are guarded, and go through workgroup memory and
+// a loop, which keeps each variant's compile time near one second.
+//
+// Mesa ends a loop after 65,535 iterations per invocation: the k loop runs p.K times (the host
+// keeps p.K <= 32,768) and the store loops at most 32 * (1 + 4 * 5) times.
 
 override VEC_A: bool = false; // At rows read as vec4 (a_off, lda, a_bstride multiples of 4)
 override VEC_B: bool = false; // B rows read as vec4 (b_off, ldb, b_bstride multiples of 4)
+override VEC_C: bool = false; // C rows written as vec4 (c_off, ldc, c_bstride multiples of 4)
 
 const TM = 32u; // rows of C per invocation
 const TN = 16u; // columns of C per invocation
@@ -39,26 +45,33 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> at4: array<vec4<f32>>; // At [K, M/4] row-major (VEC_A)
-@group(0) @binding(2) var<storage, read> b4: array<vec4<f32>>; // B [K, N/4] row-major (VEC_B)
-@group(0) @binding(3) var<storage, read_write> c: array<f32>; // C [M, N] row-major, stride ldc
-@group(0) @binding(4) var<storage, read> at1: array<f32>; // At [K, M] row-major (same range as 1)
-@group(0) @binding(5) var<storage, read> b1: array<f32>; // B [K, N] row-major (same range as 2)
+// At [K, M/4], row stride lda/4 (VEC_A)
+@group(0) @binding(1) var<storage, read> at_v: array<vec4<f32>>;
+// B [K, N/4], row stride ldb/4 (VEC_B)
+@group(0) @binding(2) var<storage, read> b_v: array<vec4<f32>>;
+// C [M, N], row stride ldc
+@group(0) @binding(3) var<storage, read_write> c_s: array<f32>;
+// At [K, M], row stride lda: the same range as binding 1
+@group(0) @binding(4) var<storage, read> at_s: array<f32>;
+// B [K, N], row stride ldb: the same range as binding 2
+@group(0) @binding(5) var<storage, read> b_s: array<f32>;
+// C [M, N/4], row stride ldc/4: the same range as binding 3 (VEC_C)
+@group(0) @binding(6) var<storage, read_write> c_v: array<vec4<f32>>;
 
 // At(k, m .. m + 3) where i is the element index of At(k, m).
 fn load_a(i: u32) -> vec4<f32> {
   if (VEC_A) {
-    return at4[i >> 2u];
+    return at_v[i >> 2u];
   }
-  return vec4<f32>(at1[i], at1[i + 1u], at1[i + 2u], at1[i + 3u]);
+  return vec4<f32>(at_s[i], at_s[i + 1u], at_s[i + 2u], at_s[i + 3u]);
 }
 
 // B(k, n .. n + 3) where i is the element index of B(k, n).
 fn load_b(i: u32) -> vec4<f32> {
   if (VEC_B) {
-    return b4[i >> 2u];
+    return b_v[i >> 2u];
   }
-  return vec4<f32>(b1[i], b1[i + 1u], b1[i + 2u], b1[i + 3u]);
+  return vec4<f32>(b_s[i], b_s[i + 1u], b_s[i + 2u], b_s[i + 3u]);
 }
 
 // acc[r] += a[r] * b: a 4x4 outer-product update (acc[r] holds C row r, 4 columns).
@@ -77,12 +90,20 @@ fn put(base: u32, m: u32, n: u32, v: vec4<f32>) {
     return;
   }
   let i = base + m * p.ldc + n;
+  if (VEC_C && n + 3u < p.N) {
+    if (p.accumulate != 0u) {
+      c_v[i >> 2u] = c_v[i >> 2u] + v;
+    } else {
+      c_v[i >> 2u] = v;
+    }
+    return;
+  }
   for (var e = 0u; e < 4u; e++) {
     if (n + e < p.N) {
       if (p.accumulate != 0u) {
-        c[i + e] = c[i + e] + v[e];
+        c_s[i + e] = c_s[i + e] + v[e];
       } else {
-        c[i + e] = v[e];
+        c_s[i + e] = v[e];
       }
     }
   }
@@ -121,17 +142,27 @@ fn main(
   var ib = p.b_off + (z / p.b_div - p.z0 / p.b_div) * p.b_bstride + n0; // B(k, n0)
   let cbase = p.c_off + wg.z * p.c_bstride;
 
-  var c00 = mat4x4<f32>(); var c01 = mat4x4<f32>(); var c02 = mat4x4<f32>(); var c03 = mat4x4<f32>();
-  var c10 = mat4x4<f32>(); var c11 = mat4x4<f32>(); var c12 = mat4x4<f32>(); var c13 = mat4x4<f32>();
-  var c20 = mat4x4<f32>(); var c21 = mat4x4<f32>(); var c22 = mat4x4<f32>(); var c23 = mat4x4<f32>();
-  var c30 = mat4x4<f32>(); var c31 = mat4x4<f32>(); var c32 = mat4x4<f32>(); var c33 = mat4x4<f32>();
-  var c40 = mat4x4<f32>(); var c41 = mat4x4<f32>(); var c42 = mat4x4<f32>(); var c43 = mat4x4<f32>();
-  var c50 = mat4x4<f32>(); var c51 = mat4x4<f32>(); var c52 = mat4x4<f32>(); var c53 = mat4x4<f32>();
-  var c60 = mat4x4<f32>(); var c61 = mat4x4<f32>(); var c62 = mat4x4<f32>(); var c63 = mat4x4<f32>();
-  var c70 = mat4x4<f32>(); var c71 = mat4x4<f32>(); var c72 = mat4x4<f32>(); var c73 = mat4x4<f32>();
+  var c00: mat4x4<f32>; var c01: mat4x4<f32>; var c02: mat4x4<f32>; var c03: mat4x4<f32>;
+  var c10: mat4x4<f32>; var c11: mat4x4<f32>; var c12: mat4x4<f32>; var c13: mat4x4<f32>;
+  var c20: mat4x4<f32>; var c21: mat4x4<f32>; var c22: mat4x4<f32>; var c23: mat4x4<f32>;
+  var c30: mat4x4<f32>; var c31: mat4x4<f32>; var c32: mat4x4<f32>; var c33: mat4x4<f32>;
+  var c40: mat4x4<f32>; var c41: mat4x4<f32>; var c42: mat4x4<f32>; var c43: mat4x4<f32>;
+  var c50: mat4x4<f32>; var c51: mat4x4<f32>; var c52: mat4x4<f32>; var c53: mat4x4<f32>;
+  var c60: mat4x4<f32>; var c61: mat4x4<f32>; var c62: mat4x4<f32>; var c63: mat4x4<f32>;
+  var c70: mat4x4<f32>; var c71: mat4x4<f32>; var c72: mat4x4<f32>; var c73: mat4x4<f32>;
   for (var k = 0u; k < p.K; k++) {
-    let a0 = load_a(ia); let a1 = load_a(ia + 4u); let a2 = load_a(ia + 8u); let a3 = load_a(ia + 12u); let a4 = load_a(ia + 16u); let a5 = load_a(ia + 20u); let a6 = load_a(ia + 24u); let a7 = load_a(ia + 28u);
-    let b0 = load_b(ib); let b1 = load_b(ib + 4u); let b2 = load_b(ib + 8u); let b3 = load_b(ib + 12u);
+    let a0 = load_a(ia);
+    let a1 = load_a(ia + 4u);
+    let a2 = load_a(ia + 8u);
+    let a3 = load_a(ia + 12u);
+    let a4 = load_a(ia + 16u);
+    let a5 = load_a(ia + 20u);
+    let a6 = load_a(ia + 24u);
+    let a7 = load_a(ia + 28u);
+    let b0 = load_b(ib);
+    let b1 = load_b(ib + 4u);
+    let b2 = load_b(ib + 8u);
+    let b3 = load_b(ib + 12u);
     c00 = op(a0, b0, c00); c01 = op(a0, b1, c01); c02 = op(a0, b2, c02); c03 = op(a0, b3, c03);
     c10 = op(a1, b0, c10); c11 = op(a1, b1, c11); c12 = op(a1, b2, c12); c13 = op(a1, b3, c13);
     c20 = op(a2, b0, c20); c21 = op(a2, b1, c21); c22 = op(a2, b2, c22); c23 = op(a2, b3, c23);
@@ -152,9 +183,24 @@ fn main(
   stash(sb + 80u, c50); stash(sb + 81u, c51); stash(sb + 82u, c52); stash(sb + 83u, c53);
   stash(sb + 96u, c60); stash(sb + 97u, c61); stash(sb + 98u, c62); stash(sb + 99u, c63);
   stash(sb + 112u, c70); stash(sb + 113u, c71); stash(sb + 114u, c72); stash(sb + 115u, c73);
-  for (var r = 0u; r < TM; r++) {
-    for (var j = 0u; j < 4u; j++) {
-      put(cbase, m0 + r, n0 + 4u * j, stage[sb + r * 4u + j]);
+  if (VEC_C && m0 + TM <= p.M && n0 + TN <= p.N) {
+    // Whole block inside C: unguarded vec4 rows.
+    for (var r = 0u; r < TM; r++) {
+      let row = (cbase + (m0 + r) * p.ldc + n0) >> 2u;
+      for (var j = 0u; j < 4u; j++) {
+        let v = stage[sb + r * 4u + j];
+        if (p.accumulate != 0u) {
+          c_v[row + j] = c_v[row + j] + v;
+        } else {
+          c_v[row + j] = v;
+        }
+      }
+    }
+  } else {
+    for (var r = 0u; r < TM; r++) {
+      for (var j = 0u; j < 4u; j++) {
+        put(cbase, m0 + r, n0 + 4u * j, stage[sb + r * 4u + j]);
+      }
     }
   }
 }

@@ -468,6 +468,7 @@ class Assigner {
     this.buffers.length = 0;
   }
 
+  /** Bindings 0 .. 6 (scan); `finish` takes 0 .. 4, `bounds` adds 7 and 8. */
   private bindings(c: Chunk, params: number[]): Binding[] {
     return [
       new Uint32Array(params),
@@ -480,18 +481,22 @@ class Assigner {
     ];
   }
 
-  /** Scans centroids [lo, hi) in ranges for `count` points: rows, or list `list` if >= 0. */
+  /**
+   * Scans centroids [lo, hi) for `count` points (rows, or list `list` if >= 0), in ranges that
+   * stay inside one group and below `range` centroids.
+   */
   private scan(c: Chunk, count: number, lo: number, hi: number, list: number): void {
     if (count === 0) return;
     const [gx, gy] = grid(Math.ceil(count / (WG * this.P)), this.gpu.limits.maxWorkgroups);
-    for (let c0 = lo; c0 < hi; c0 += this.range) {
-      const c1 = Math.min(hi, c0 + this.range);
-      const flags = (list >= 0 ? LISTED : 0) | (list < 0 && c0 === 0 ? FIRST : 0);
-      const params = [count, c0, c1, flags, gx, this.n, c.groups, Math.max(0, list) * c.rows];
-      this.gpu.dispatch(this.scanPipe, this.bindings(c, [...params, c.rows]).slice(0, 7), [
-        gx,
-        gy,
-      ]);
+    for (let g = 0; g < c.groups; g++) {
+      const g0 = Math.max(lo, groupStart(g, this.n, c.groups));
+      const g1 = Math.min(hi, groupStart(g + 1, this.n, c.groups));
+      for (let c0 = g0; c0 < g1; c0 += this.range) {
+        const c1 = Math.min(g1, c0 + this.range);
+        const flags = (list >= 0 ? LISTED : 0) | (list < 0 && c0 === 0 ? FIRST : 0);
+        const params = [count, c0, c1, flags, gx, this.n, c.groups, Math.max(0, list) * c.rows];
+        this.gpu.dispatch(this.scanPipe, this.bindings(c, [...params, c.rows]), [gx, gy]);
+      }
     }
     this.evals += count * (hi - lo);
   }
@@ -580,7 +585,9 @@ class Assigner {
       }
       if (dbg) {
         await gpu.sync();
-        console.log(`listed scans ${(performance.now() - t0).toFixed(0)} ms ${JSON.stringify(stat)}`);
+        console.log(
+          `listed scans ${(performance.now() - t0).toFixed(0)} ms ${JSON.stringify(stat)}`,
+        );
       }
     }
     const codes = new Uint32Array(this.N);

@@ -12,7 +12,7 @@ import {
   prepareCodeIndex,
 } from "../kernels/codebook.ts";
 import { transpose } from "../kernels/transpose.ts";
-import { BackwardScratch, backwardBlock } from "../model/backward.ts";
+import { backwardBlock, BackwardScratch } from "../model/backward.ts";
 import {
   BlockScratch,
   type BlockWeights,

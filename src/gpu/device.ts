@@ -32,6 +32,10 @@ export class Gpu {
   /** Bytes currently held by tensors made through this Gpu, and the peak. */
   bytesLive = 0;
   bytesPeak = 0;
+  /** Dispatches recorded so far (for profiling). */
+  dispatches = 0;
+  /** With CLUSCOMP_PROFILE=2: milliseconds per kernel, each dispatch waited for on its own. */
+  readonly kernelMs = new Map<string, { ms: number; count: number }>();
   private pipelines = new Map<string, GPUComputePipeline>();
   private modules = new Map<string, GPUShaderModule>();
   private encoder: GPUCommandEncoder | null = null;
@@ -39,6 +43,11 @@ export class Gpu {
   private batchKernels = new Set<string>();
   private lostReason: string | null = null;
   private uncaptured: string[] = [];
+  private query: GPUQuerySet | null = null;
+  private pass: GPUComputePassEncoder | null = null;
+  private pools: UniformPool[] = [];
+  private freePools: UniformPool[] = [];
+  private queryLabels: string[] = [];
 
   constructor(readonly device: GPUDevice, info: GPUAdapterInfo) {
     const l = device.limits;
@@ -105,20 +114,13 @@ export class Gpu {
     if (x > max || y > max || z > max) {
       throw new Error(`${pipeline.label}: dispatch ${x}x${y}x${z} exceeds ${max} workgroups`);
     }
-    const encoder = this.begin(pipeline.label);
+    const encoder = this.begin(pipeline.label, true);
+    this.dispatches++;
     const entries: GPUBindGroupEntry[] = [];
     bindings.forEach((b, i) => {
       if (b === null) return;
       if (b instanceof Uint32Array) {
-        const buf = this.device.createBuffer({
-          size: Math.max(16, Math.ceil(b.byteLength / 16) * 16),
-          usage: GPUBufferUsage.UNIFORM,
-          mappedAtCreation: true,
-        });
-        new Uint32Array(buf.getMappedRange()).set(b);
-        buf.unmap();
-        this.pending.push(buf);
-        entries.push({ binding: i, resource: { buffer: buf } });
+        entries.push({ binding: i, resource: this.uniform(b) });
       } else {
         entries.push({
           binding: i,
@@ -131,16 +133,54 @@ export class Gpu {
       layout: pipeline.getBindGroupLayout(0),
       entries,
     });
-    const pass = encoder.beginComputePass({ label: pipeline.label });
-    pass.setPipeline(pipeline);
-    pass.setBindGroup(0, group);
-    pass.dispatchWorkgroups(x, y, z);
-    pass.end();
+    // Consecutive dispatches share one compute pass (WebGPU orders their storage accesses);
+    // profiling gives each its own pass for the timestamps.
+    const ts = this.timestamps(pipeline.label);
+    if (ts) this.endPass();
+    this.pass ??= encoder.beginComputePass({ timestampWrites: ts });
+    this.pass.setPipeline(pipeline);
+    this.pass.setBindGroup(0, group);
+    this.pass.dispatchWorkgroups(x, y, z);
+    if (ts) this.endPass();
+  }
+
+  /** A uniform binding holding `words`, carved from a pooled buffer written at submit. */
+  private uniform(words: Uint32Array): GPUBufferBinding {
+    const size = Math.max(16, Math.ceil(words.byteLength / 16) * 16);
+    const align = this.device.limits.minUniformBufferOffsetAlignment;
+    let pool = this.pools[this.pools.length - 1];
+    if (!pool || pool.used + size > POOL_BYTES) {
+      pool = this.freePools.pop() ?? {
+        buffer: this.device.createBuffer({
+          size: POOL_BYTES,
+          usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
+        }),
+        data: new Uint8Array(POOL_BYTES),
+        used: 0,
+      };
+      this.pools.push(pool);
+    }
+    const offset = pool.used;
+    pool.data.set(new Uint8Array(words.buffer, words.byteOffset, words.byteLength), offset);
+    pool.used = Math.ceil((offset + size) / align) * align;
+    return { buffer: pool.buffer, offset, size };
+  }
+
+  private endPass(): void {
+    this.pass?.end();
+    this.pass = null;
   }
 
   /** Submits recorded work and reports validation or memory errors with the kernels' names. */
   async flush(): Promise<void> {
     if (!this.encoder) return;
+    this.endPass();
+    for (const pool of this.pools) {
+      this.device.queue.writeBuffer(pool.buffer, 0, pool.data, 0, pool.used);
+      pool.used = 0;
+    }
+    this.freePools.push(...this.pools);
+    this.pools = [];
     this.device.queue.submit([this.encoder.finish()]);
     this.encoder = null;
     const kernels = [...this.batchKernels].join(", ");
@@ -149,6 +189,7 @@ export class Gpu {
     const oom = await this.device.popErrorScope();
     for (const b of this.pending) b.destroy();
     this.pending = [];
+    if (this.query && this.queryLabels.length > 0) await this.readTimestamps();
     const err = validation ?? oom;
     if (err) {
       const cause = this.uncaptured.splice(0).join("; ");
@@ -231,8 +272,50 @@ export class Gpu {
     this.begin("copy").copyBufferToBuffer(src, srcOffset, dst, dstOffset, size);
   }
 
+  /** Timestamp writes for one pass, when kernel profiling is on (CLUSCOMP_PROFILE=2). */
+  private timestamps(label: string): GPUComputePassTimestampWrites | undefined {
+    if (!PROFILE_KERNELS || !this.device.features.has("timestamp-query")) return undefined;
+    this.query ??= this.device.createQuerySet({ type: "timestamp", count: 2 * QUERIES });
+    if (this.queryLabels.length === QUERIES) return undefined;
+    const i = this.queryLabels.push(label) - 1;
+    return {
+      querySet: this.query,
+      beginningOfPassWriteIndex: 2 * i,
+      endOfPassWriteIndex: 2 * i + 1,
+    };
+  }
+
+  private async readTimestamps(): Promise<void> {
+    const n = this.queryLabels.length * 2;
+    const resolve = this.device.createBuffer({
+      size: n * 8,
+      usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC,
+    });
+    const staging = this.device.createBuffer({
+      size: n * 8,
+      usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+    });
+    const enc = this.device.createCommandEncoder();
+    enc.resolveQuerySet(this.query!, 0, n, resolve, 0);
+    enc.copyBufferToBuffer(resolve, 0, staging, 0, n * 8);
+    this.device.queue.submit([enc.finish()]);
+    await staging.mapAsync(GPUMapMode.READ);
+    const t = new BigUint64Array(staging.getMappedRange());
+    this.queryLabels.forEach((label, i) => {
+      const e = this.kernelMs.get(label) ?? { ms: 0, count: 0 };
+      e.ms += Number(t[2 * i + 1] - t[2 * i]) / 1e6;
+      e.count++;
+      this.kernelMs.set(label, e);
+    });
+    staging.unmap();
+    staging.destroy();
+    resolve.destroy();
+    this.queryLabels = [];
+  }
+
   /** The open command encoder (one is opened, inside error scopes, when none is). */
-  private begin(kernel: string): GPUCommandEncoder {
+  private begin(kernel: string, compute = false): GPUCommandEncoder {
+    if (!compute) this.endPass();
     if (!this.encoder) {
       this.device.pushErrorScope("out-of-memory");
       this.device.pushErrorScope("validation");
@@ -248,6 +331,15 @@ export class Gpu {
 }
 
 const PROFILE = Deno.env.get("CLUSCOMP_PROFILE") === "1";
+const PROFILE_KERNELS = Deno.env.get("CLUSCOMP_PROFILE") === "2";
+const QUERIES = 2048;
+const POOL_BYTES = 1 << 16;
+
+interface UniformPool {
+  buffer: GPUBuffer;
+  data: Uint8Array<ArrayBuffer>;
+  used: number;
+}
 
 let current: Promise<Gpu> | null = null;
 
@@ -264,6 +356,7 @@ async function requestGpu(): Promise<Gpu> {
   const a = adapter.limits;
   const features: GPUFeatureName[] = [];
   if (adapter.features.has("shader-f16")) features.push("shader-f16");
+  if (PROFILE_KERNELS && adapter.features.has("timestamp-query")) features.push("timestamp-query");
   const device = await adapter.requestDevice({
     requiredFeatures: features,
     requiredLimits: {

@@ -102,12 +102,14 @@ Deno.test("matmul matches reference with row strides past the row and offsets", 
 Deno.test("matmul takes the vec4 path on aligned rows whose M, N are not tile multiples", async () => {
   const gpu = await getGpu();
   let seed = 200;
-  for (const [M, N, K] of [[100, 52, 33], [4, 8, 70], [196, 200, 19], [3, 5, 9]]) {
-    // Rows padded to a multiple of 4 floats, offsets multiples of 4.
+  for (const [M, N, K] of [[100, 52, 33], [4, 8, 70], [196, 200, 19], [3, 5, 9], [64, 48, 5]]) {
+    // Rows padded to a multiple of 4 floats, offsets multiples of 4; C both ragged and aligned.
     const lda = Math.ceil(M / 4) * 4, ldb = Math.ceil(N / 4) * 4 + 4;
-    const cs = { M, N, K, lda, ldb, ldc: N + 1, aOffset: 8, bOffset: 4, cOffset: 1, pad: 4 };
-    await check(gpu, cs, seed += 3, true);
-    await check(gpu, { ...cs, accumulate: true }, seed += 3, true);
+    for (const [ldc, cOffset] of [[N + 1, 1], [Math.ceil(N / 4) * 4 + 4, 4]]) {
+      const cs = { M, N, K, lda, ldb, ldc, aOffset: 8, bOffset: 4, cOffset, pad: 4 };
+      await check(gpu, cs, seed += 3, true);
+      await check(gpu, { ...cs, accumulate: true }, seed += 3, true);
+    }
   }
 });
 
@@ -257,6 +259,59 @@ Deno.test("matmul writes C larger than maxStorageBufferBindingSize in row chunks
   ta.release();
   tb.release();
   tc.release();
+});
+
+Deno.test("matmul splits batches whose At batches lie farther apart than the binding limit", async () => {
+  const gpu = await getGpu();
+  const M = 5, N = 6, K = 7, batch = 3;
+  const aBatchStride = 34_000_000; // 136 MB between the two A batches (aBatchDiv 2)
+  const ta = Tensor.empty(gpu, [aBatchStride + K * M], "at");
+  const a0 = randomF32(K * M, 530), a1 = randomF32(K * M, 531);
+  await gpu.write(ta.buffer, a0);
+  await gpu.write(ta.buffer, a1, aBatchStride * 4);
+  const b = randomF32(batch * K * N, 532);
+  const tb = await Tensor.from(gpu, b, [batch, K, N], "b");
+  const tc = Tensor.empty(gpu, [batch, M, N], "c");
+  const args = {
+    M,
+    N,
+    K,
+    a: ta.buffer,
+    lda: M,
+    b: tb.buffer,
+    ldb: N,
+    c: tc.buffer,
+    ldc: N,
+    batch,
+    aBatchStride,
+    bBatchStride: K * N,
+    cBatchStride: M * N,
+    aBatchDiv: 2,
+  };
+  assertEquals(planMatmul(gpu, args).zc, 1, "batches per dispatch");
+  matmul(gpu, args);
+  const got = await tc.toF32();
+  for (let z = 0; z < batch; z++) {
+    const want = matmulRef({
+      M,
+      N,
+      K,
+      a: z < 2 ? a0 : a1,
+      lda: M,
+      b: b.subarray(z * K * N, (z + 1) * K * N),
+      ldb: N,
+      c: new Float32Array(M * N),
+      ldc: N,
+    });
+    assertClose(
+      got.subarray(z * M * N, (z + 1) * M * N),
+      want,
+      1e-5 * Math.sqrt(K),
+      1e-5,
+      `z=${z}`,
+    );
+  }
+  for (const t of [ta, tb, tc]) t.release();
 });
 
 Deno.test("matmul with K = 0 zeroes C, or leaves it when accumulating", async () => {

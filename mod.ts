@@ -1,0 +1,19 @@
+/**
+ * cluscomp: ClusComp compression of Llama-family models on WebGPU.
+ *
+ * The stages as library calls; the commands in tasks/ are thin wrappers around them.
+ * @module
+ */
+export { UserError } from "./src/errors.ts";
+export { getGpu, Gpu } from "./src/gpu/device.ts";
+export { Tensor } from "./src/gpu/tensor.ts";
+export { loadConfig, type ModelConfig, parseConfig } from "./src/io/config.ts";
+export { SafetensorsIndex, writeSafetensors } from "./src/io/safetensors.ts";
+export { Tokenizer } from "./src/io/tokenizer.ts";
+export { gptqWindows, readText } from "./src/io/text.ts";
+export { openModel } from "./src/model/open.ts";
+export { LlamaModel } from "./src/model/model.ts";
+export { type EvalResult, type EvalSettings, evaluatePerplexity } from "./src/eval/perplexity.ts";
+export { kmeans } from "./src/cluster/kmeans.ts";
+export { type ClusterSettings, type MatrixPlan, planMatrices } from "./src/cluster/plan.ts";
+export { compress, type CompressResult, type CompressSettings } from "./src/pipeline/compress.ts";

@@ -1,0 +1,50 @@
+// `deno task bench [--quick] [--only NAME]`: one JSON line per benchmark on stdout.
+import { existsSync } from "node:fs";
+import { fileURLToPath } from "node:url";
+import { benchEval } from "../src/bench/eval.ts";
+import { benchFinetuneStep } from "../src/bench/finetune.ts";
+import { benchKmeans } from "../src/bench/kmeans.ts";
+import { benchMatmul } from "../src/bench/matmul.ts";
+import { parseFlags } from "../src/cli/args.ts";
+import { runMain } from "../src/cli/main.ts";
+import { getGpu } from "../src/gpu/device.ts";
+
+const shared = fileURLToPath(new URL("../../shared", import.meta.url));
+
+await runMain(async (argv) => {
+  const { values } = parseFlags("bench", argv, {
+    quick: { type: "boolean" },
+    only: { type: "string" },
+  });
+  const quick = Boolean(values.quick);
+  const only = values.only as string | undefined;
+  const gpu = await getGpu();
+  const emit = (r: object) => console.log(JSON.stringify({ ...r, adapter: gpu.adapterName }));
+  const want = (name: string) => !only || only === name;
+
+  if (want("matmul")) {
+    emit(await benchMatmul(gpu, 1024, 1024, 1024, quick ? 1 : 5));
+    if (!quick) emit(await benchMatmul(gpu, 2048, 4096, 4096, 3));
+  }
+  if (want("eval")) {
+    const wiki = `${shared}/data/wikitext2/wiki.test.raw`;
+    for (const m of ["stories260K", "tinyllama-6.8m"]) {
+      const dir = `${shared}/fixtures/${m}`;
+      if (!existsSync(dir)) {
+        console.error(`bench: ${dir} missing, eval skipped`);
+        continue;
+      }
+      emit(await benchEval(dir, wiki, 128, quick ? 4 : 64));
+    }
+  }
+  if (want("kmeans")) {
+    const sizes = quick
+      ? [[65536, 4, 1024]]
+      : [[65536, 4, 4096], [262144, 4, 16384], [1048576, 4, 65536]];
+    for (const [N, d, n] of sizes) emit(await benchKmeans(gpu, N, d, n, quick ? 3 : 20));
+  }
+  if (want("finetune")) {
+    const dir = `${shared}/fixtures/tinyllama-6.8m`;
+    if (existsSync(dir)) emit(await benchFinetuneStep(gpu, dir, 128, quick ? 3 : 20));
+  }
+});
