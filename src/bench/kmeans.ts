@@ -1,5 +1,6 @@
 // Times k-means on seeded Gaussian vectors: the whole run (init, every assignment pass on the
 // GPU, host updates), after a small warm-up run with the same d that compiles the pipelines.
+import process from "node:process";
 import type { Gpu } from "../gpu/device.ts";
 import { kmeans } from "../cluster/kmeans.ts";
 import { Rng } from "../util/rng.ts";
@@ -13,6 +14,9 @@ export interface KmeansBench {
   /** Lloyd iterations actually run (fewer than iters if it converged). */
   iterations: number;
   seconds: number;
+  /** CPU time of this process (llvmpipe's threads included): steadier than wall time when
+   * other processes share the cores. */
+  cpu_seconds: number;
   distance_evals: number;
   brute_force_evals: number;
   fraction_computed: number;
@@ -39,8 +43,10 @@ export async function benchKmeans(
   const w = Math.min(N, 4096);
   await kmeans(gpu, x.subarray(0, w * d), w, d, Math.min(n, 256), { iters: 1 });
   const t0 = performance.now();
+  const cpu0 = process.cpuUsage();
   const r = await kmeans(gpu, x, N, d, n, { iters, seed: 1, ...opts });
   const seconds = (performance.now() - t0) / 1000;
+  const cpu = process.cpuUsage(cpu0);
   return {
     name: "kmeans",
     N,
@@ -49,6 +55,7 @@ export async function benchKmeans(
     iters,
     iterations: r.iterations,
     seconds,
+    cpu_seconds: (cpu.user + cpu.system) / 1e6,
     distance_evals: r.distanceEvals,
     brute_force_evals: r.bruteForceEvals,
     fraction_computed: r.distanceEvals / r.bruteForceEvals,

@@ -351,6 +351,7 @@ export function updateCentroids(
     }
     for (let k = 0; k < d; k++) next[j * d + k] = sums[j * d + k] / counts[j];
   }
+  if (Deno.env.get("KM_EMPTY")) console.log("empty", empty.length);
   if (empty.length > 0) {
     const far = largestErrors(pointErrors(x, N, d, prev, codes), empty.length);
     for (let m = 0; m < empty.length; m++) {
@@ -564,12 +565,15 @@ class Assigner {
           { buffer: this.cnt, offset: i * this.cntStride, size: (G + 2) * 4 },
         ], [gx, gy]);
       }
-      const dbg = Deno.env.get("KM_DEBUG");
+      const T = (globalThis as any).T ??= {};
       let t0 = performance.now();
+      await gpu.sync();
+      T.pre = (T.pre ?? 0) + performance.now() - t0;
+      t0 = performance.now();
       const counts = new Uint32Array(
         await gpu.read(this.cnt, 0, this.chunks.length * this.cntStride),
       );
-      if (dbg) console.log(`bounds ${(performance.now() - t0).toFixed(0)} ms`);
+      T.bounds = (T.bounds ?? 0) + performance.now() - t0;
       t0 = performance.now();
       for (let i = 0; i < this.chunks.length; i++) {
         const c = this.chunks[i];
@@ -583,21 +587,64 @@ class Assigner {
         stat.tightened += counts[at + G + 1];
         this.evals += counts[at + G + 1];
       }
-      if (dbg) {
-        await gpu.sync();
-        console.log(
-          `listed scans ${(performance.now() - t0).toFixed(0)} ms ${JSON.stringify(stat)}`,
-        );
-      }
+      await gpu.sync();
+      T.scans = (T.scans ?? 0) + performance.now() - t0;
+      t0 = performance.now();
     }
+    const T = (globalThis as any).T ??= {};
+    let t1 = performance.now();
     const codes = new Uint32Array(this.N);
     for (const c of this.chunks) {
       codes.set(new Uint32Array(await gpu.read(c.code, 0, c.rows * 4)), c.row0);
     }
+    T.read = (T.read ?? 0) + performance.now() - t1;
     stat.evals = this.evals - before;
     this.stats.push(stat);
     return codes;
   }
+}
+
+/**
+ * Nearest centroid of each point of x [N, d] among `centroids` [n, d] (one brute-force pass on
+ * the GPU, ties to the lowest index), for tests and tools.
+ */
+export async function assignNearest(
+  gpu: Gpu,
+  x: Float32Array,
+  N: number,
+  d: number,
+  centroids: Float32Array,
+  n: number,
+  opts: Pick<KmeansOptions, "maxPointsPerDispatch" | "maxCentroidsPerDispatch" | "maxGroups"> = {},
+): Promise<Uint32Array> {
+  checkArgs(gpu, x, N, d, n);
+  const { maxPoints, range, maxGroups } = planOptions(opts);
+  const a = new Assigner(gpu, N, d, n, false, false, maxPoints, range, maxGroups);
+  try {
+    await a.upload(x);
+    return await a.assign(centroids, null);
+  } finally {
+    a.release();
+  }
+}
+
+function checkArgs(gpu: Gpu, x: Float32Array, N: number, d: number, n: number): void {
+  if (!Number.isInteger(d) || d < 1 || d > 16) throw new Error(`kmeans: d = ${d} not in 1..16`);
+  if (!Number.isInteger(N) || !Number.isInteger(n) || N < 1 || n < 1) {
+    throw new Error(`kmeans: N = ${N} and n = ${n} must be positive integers`);
+  }
+  if (x.length < N * d) throw new Error(`kmeans: x holds ${x.length} values, not N * d = ${N * d}`);
+  if (n * d * 4 > gpu.limits.maxBinding) {
+    throw new Error(`kmeans: ${n} centroids of ${d} floats exceed one storage binding`);
+  }
+}
+
+function planOptions(opts: KmeansOptions) {
+  return {
+    maxPoints: Math.max(1, Math.floor(opts.maxPointsPerDispatch ?? Infinity)),
+    range: Math.max(1, Math.min(Math.floor(opts.maxCentroidsPerDispatch ?? 16_384), MAX_RANGE)),
+    maxGroups: opts.maxGroups ?? MAX_GROUPS,
+  };
 }
 
 /**
@@ -615,42 +662,33 @@ export async function kmeans(
   n: number,
   opts: KmeansOptions = {},
 ): Promise<KmeansResult> {
-  if (!Number.isInteger(d) || d < 1 || d > 16) throw new Error(`kmeans: d = ${d} not in 1..16`);
-  if (!Number.isInteger(N) || !Number.isInteger(n) || n < 1 || N < n) {
-    throw new Error(`kmeans: need N >= n >= 1 distinct points (N = ${N}, n = ${n})`);
-  }
-  if (x.length < N * d) throw new Error(`kmeans: x holds ${x.length} values, not N * d = ${N * d}`);
-  if (n * d * 4 > gpu.limits.maxBinding) {
-    throw new Error(`kmeans: ${n} centroids of ${d} floats exceed one storage binding`);
-  }
+  checkArgs(gpu, x, N, d, n);
+  if (N < n) throw new Error(`kmeans: ${n} centroids need at least as many points (N = ${N})`);
   const iters = opts.iters ?? 20;
   const accelerate = opts.accelerate ?? true;
-  const maxPoints = Math.max(1, opts.maxPointsPerDispatch ?? Infinity);
-  const range = Math.max(1, Math.min(opts.maxCentroidsPerDispatch ?? 16_384, MAX_RANGE));
+  const { maxPoints, range, maxGroups } = planOptions(opts);
   const useGap = opts.centroidGap ?? false;
 
   let cents = initCentroids(x, N, d, n, opts.seed ?? 0, opts.init ?? "random");
-  const maxGroups = opts.maxGroups ?? MAX_GROUPS;
   const a = new Assigner(gpu, N, d, n, accelerate, useGap, maxPoints, range, maxGroups);
   try {
     await a.upload(x);
-    let t0 = performance.now();
     let codes = await a.assign(cents, null);
-    if (Deno.env.get("KM_DEBUG")) {
-      console.log(`first pass ${(performance.now() - t0).toFixed(0)} ms`);
-    }
     let objective = sse(x, N, d, cents, codes);
     opts.onIter?.(0, objective);
     let iterations = 0;
     while (iterations < iters) {
-      t0 = performance.now();
+      const T = (globalThis as any).T ??= {};
+      let t1 = performance.now();
       const next = updateCentroids(x, N, d, n, codes, cents);
-      if (Deno.env.get("KM_DEBUG")) console.log(`update ${(performance.now() - t0).toFixed(0)} ms`);
+      T.update = (T.update ?? 0) + performance.now() - t1;
       if (sameBits(next, cents)) break;
       codes = await a.assign(next, cents);
       cents = next;
       iterations++;
+      t1 = performance.now();
       objective = sse(x, N, d, cents, codes);
+      T.sse = (T.sse ?? 0) + performance.now() - t1;
       opts.onIter?.(iterations, objective);
     }
     opts.onStats?.(a.stats);

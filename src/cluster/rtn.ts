@@ -12,8 +12,9 @@ export interface RtnResult {
   zeros: Uint8Array;
 }
 
-export function rtnBits(bits: number, group: number): number {
-  return bits + (16 + bits) / group;
+/** Bits per weight of one [out, in] matrix: codes plus an fp16 scale and a b-bit zero per group. */
+export function rtnBits(bits: number, group: number, inDim: number): number {
+  return bits + ((16 + bits) * Math.ceil(inDim / group)) / inDim;
 }
 
 export function rtnQuantize(

@@ -338,6 +338,14 @@ async function finetuneBlock(
           initialMse,
         },
       );
+      progress.update({
+        stage: "epoch",
+        done: epoch,
+        total: settings.epochs,
+        block: l,
+        train_loss: trainLoss[trainLoss.length - 1],
+        heldout_mse: mse,
+      });
     }
     // The best epoch's codebooks produce the student outputs for the next block.
     await s.setCodebooks(best);

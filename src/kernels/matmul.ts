@@ -140,10 +140,13 @@ function extent(
 const ceilDiv = (a: number, b: number) => Math.ceil(a / b);
 const roundUp4 = (x: number) => Math.ceil(x / 4) * 4;
 
-/** Invocations along n that waste the least padding for this shape (ties: the first listed). */
+/**
+ * Invocations along n that waste the least padding for this shape; ties go to the first listed
+ * (8 along n measured ~8% faster than 4 x 2 at 1024^3).
+ */
 function pickLn(M: number, N: number): number {
   let best = 8, bestArea = Infinity;
-  for (const ln of [4, 8, 2, 1]) {
+  for (const ln of [8, 4, 2, 1]) {
     const tm = (INVOCATIONS / ln) * MATMUL_TM, tn = ln * MATMUL_TN;
     const area = ceilDiv(M, tm) * tm * ceilDiv(N, tn) * tn;
     if (area < bestArea) {

@@ -153,7 +153,12 @@ export async function compress(s: CompressSettings, progress: Progress): Promise
       `\n${formatPlan(plan)}\noverall ${bits.total.toFixed(4)} bits per weight`,
     );
   } else {
-    const b = rtnBits(s.rtn.bits, s.rtn.group);
+    let sum = 0, weights = 0;
+    for (const lin of linearNames(0, cfg)) {
+      sum += rtnBits(s.rtn.bits, s.rtn.group, lin.in) * lin.in * lin.out;
+      weights += lin.in * lin.out;
+    }
+    const b = sum / weights;
     bits = { total: b, stored: b };
     progress.note(
       "plan",

@@ -15,6 +15,7 @@ import { mseGrad } from "../../src/kernels/mse.ts";
 import { ropeTables } from "../../src/kernels/rope.ts";
 import { Rng } from "../../src/util/rng.ts";
 import { blockRef, type BlockRefWeights } from "../reference/block.ts";
+import { adamwRef } from "../reference/adamw.ts";
 import { assertClose, randomF32 } from "../util.ts";
 
 const cfg: ModelConfig = {
@@ -130,6 +131,56 @@ Deno.test("student codebook gradients match finite differences of the reference 
       let an = 0;
       for (let i = 0; i < dir.length; i++) an += grad[i] * dir[i];
       assertClose([an], [fd], 2e-5, 2e-3, `${kind} directional derivative ${r}`);
+    }
+  }
+  tx.release();
+  tt.release();
+  student.release();
+});
+
+Deno.test("one AdamW step on a tiny student block equals the TypeScript reference step", async () => {
+  const gpu = await getGpu();
+  const books = makeBooks(21);
+  const norms: [Float32Array, Float32Array] = [
+    randomF32(cfg.hidden, 13, 0.5, 1.5),
+    randomF32(cfg.hidden, 14, 0.5, 1.5),
+  ];
+  const rope = ropeTables(ropeInvFreq(cfg), T);
+  const student = await StudentBlock.create(gpu, cfg, T, books, norms[0], norms[1], rope);
+  const tx = await Tensor.from(gpu, randomF32(cfg.hidden * T, 15, -2, 2), [cfg.hidden, T], "x");
+  const tt = await Tensor.from(gpu, randomF32(cfg.hidden * T, 16, -2, 2), [cfg.hidden, T], "t");
+  const opt = { lr: 5e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.1 };
+  const linears = (student as unknown as { linears: { kind: LinearKind; dc: Tensor }[] }).linears;
+  for (let step = 1; step <= 2; step++) {
+    const before = (await student.state()).tensors;
+    const y = student.forward(tx, true);
+    mseGrad(
+      gpu,
+      y.all,
+      tt.all,
+      student.dy.all,
+      student.sq.all,
+      cfg.hidden,
+      T,
+      2 / (cfg.hidden * T),
+    );
+    student.backward();
+    const grads = new Map<LinearKind, Float32Array>();
+    for (const l of linears) grads.set(l.kind, await l.dc.toF32());
+    student.update(opt);
+    const after = (await student.state()).tensors;
+    for (const kind of LINEAR_KINDS) {
+      const p = before.get(`${kind}.codebook`)!.slice();
+      const m = before.get(`${kind}.adam_m`)!.slice(), v = before.get(`${kind}.adam_v`)!.slice();
+      adamwRef(p, grads.get(kind)!, m, v, { ...opt, step });
+      assertClose(
+        after.get(`${kind}.codebook`)!,
+        p,
+        0,
+        1e-6,
+        `${kind} codebook after step ${step}`,
+      );
+      assertClose(after.get(`${kind}.adam_v`)!, v, 0, 1e-6, `${kind} adam v after step ${step}`);
     }
   }
   tx.release();

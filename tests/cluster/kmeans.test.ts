@@ -1,0 +1,247 @@
+import assert from "node:assert/strict";
+import { existsSync } from "node:fs";
+import {
+  assignNearest,
+  expandTemplate,
+  initCentroids,
+  kmeans,
+  type KmeansResult,
+  updateCentroids,
+} from "../../src/cluster/kmeans.ts";
+import { decodeT, vectorize } from "../../src/cluster/vectorize.ts";
+import { getGpu } from "../../src/gpu/device.ts";
+import { SafetensorsIndex } from "../../src/io/safetensors.ts";
+import { Rng } from "../../src/util/rng.ts";
+import { kmeansRef } from "../reference/kmeans.ts";
+import { TINYLLAMA } from "../shared.ts";
+import { assertClose } from "../util.ts";
+
+/** N points of dimension d around `blobs` seeded centres (clustered, like real codebooks). */
+function blobs(N: number, d: number, blobs: number, seed: number): Float32Array {
+  const rng = new Rng(seed);
+  const centres = Float32Array.from({ length: blobs * d }, () => 4 * rng.normal());
+  const x = new Float32Array(N * d);
+  for (let i = 0; i < N; i++) {
+    const b = rng.int(blobs);
+    for (let k = 0; k < d; k++) x[i * d + k] = centres[b * d + k] + rng.normal();
+  }
+  return x;
+}
+
+function sameBits(a: Float32Array, b: Float32Array): boolean {
+  const ua = new Uint32Array(a.buffer, a.byteOffset, a.length);
+  const ub = new Uint32Array(b.buffer, b.byteOffset, b.length);
+  return ua.length === ub.length && ua.every((v, i) => v === ub[i]);
+}
+
+function assertSameRun(a: KmeansResult, b: KmeansResult, label: string): void {
+  assert.ok(sameBits(a.centroids, b.centroids), `${label}: centroids differ`);
+  assert.deepEqual(a.codes, b.codes, `${label}: codes differ`);
+  assert.equal(a.objective, b.objective, `${label}: objective differs`);
+  assert.equal(a.iterations, b.iterations, `${label}: iterations differ`);
+}
+
+// GPU vs the f64 reference. Codes must agree except where the reference's two nearest squared
+// distances are within 1e-6 relative (an f32 near-tie); centroids within 1e-5 relative.
+for (const [d, n, N] of [[1, 100, 3000], [4, 1000, 6000], [6, 100, 3000], [9, 1000, 4000]]) {
+  Deno.test(`kmeans matches the f64 reference (d=${d}, n=${n}, N=${N})`, async () => {
+    const gpu = await getGpu();
+    const x = blobs(N, d, 37, d * 1000 + n);
+    const iters = 6;
+    const got = await kmeans(gpu, x, N, d, n, { iters, seed: 5 });
+    const want = kmeansRef(x, N, d, n, iters, 5);
+    assert.equal(got.iterations, want.iterations);
+    let mismatches = 0;
+    for (let i = 0; i < N; i++) {
+      if (got.codes[i] === want.codes[i]) continue;
+      const near = want.nearest[i], second = want.second[i];
+      assert.ok(
+        second - near <= 1e-6 * near,
+        `point ${i}: code ${got.codes[i]} != ${want.codes[i]} (distances ${near}, ${second})`,
+      );
+      mismatches++;
+    }
+    assert.ok(mismatches <= 2, `${mismatches} near-tie mismatches`);
+    assertClose(got.centroids, want.centroids, 1e-6, 1e-5, "centroids");
+    assert.ok(Math.abs(got.objective - want.objective) <= 1e-6 * want.objective);
+  });
+}
+
+Deno.test("accelerated codes equal brute force and compute fewer distances", async () => {
+  const gpu = await getGpu();
+  const N = 20000, d = 4, n = 1000;
+  const x = blobs(N, d, 50, 11);
+  const fast = await kmeans(gpu, x, N, d, n, { iters: 10, seed: 2 });
+  const slow = await kmeans(gpu, x, N, d, n, { iters: 10, seed: 2, accelerate: false });
+  assertSameRun(fast, slow, "accelerated vs brute force");
+  assert.equal(slow.distanceEvals, slow.bruteForceEvals);
+  assert.equal(fast.bruteForceEvals, slow.bruteForceEvals);
+  assert.ok(
+    fast.distanceEvals < 0.6 * slow.distanceEvals,
+    `accelerated computed ${fast.distanceEvals} of ${slow.distanceEvals} distances`,
+  );
+  // The optional centroid-gap bound changes the work, never the result.
+  const gap = await kmeans(gpu, x, N, d, n, { iters: 10, seed: 2, centroidGap: true });
+  assertSameRun(gap, slow, "with centroid gap");
+});
+
+Deno.test("chunked points, short centroid ranges and any group count give the same run", async () => {
+  const gpu = await getGpu();
+  const N = 5000, d = 4, n = 300;
+  const x = blobs(N, d, 20, 12);
+  const base = await kmeans(gpu, x, N, d, n, { iters: 5, seed: 3 });
+  const chunked = await kmeans(gpu, x, N, d, n, {
+    iters: 5,
+    seed: 3,
+    maxPointsPerDispatch: 1111,
+    maxCentroidsPerDispatch: 37,
+  });
+  assertSameRun(chunked, base, "chunked");
+  const oneGroup = await kmeans(gpu, x, N, d, n, { iters: 5, seed: 3, maxGroups: 1 });
+  assertSameRun(oneGroup, base, "one group");
+  const brute = await kmeans(gpu, x, N, d, n, {
+    iters: 5,
+    seed: 3,
+    accelerate: false,
+    maxPointsPerDispatch: 999,
+  });
+  assertSameRun(brute, base, "chunked brute force");
+});
+
+Deno.test("kmeans assigns planted centroid at index n-1 (n = 70,000)", async () => {
+  const gpu = await getGpu();
+  const n = 70_000, d = 4, N = 300;
+  const rng = new Rng(21);
+  const x = Float32Array.from({ length: N * d }, () => rng.next());
+  const c = Float32Array.from({ length: n * d }, () => 3 + rng.next());
+  c.fill(0.5, (n - 1) * d);
+  const want = new Uint32Array(N).fill(n - 1);
+  // Default plan, and one group scanned in ranges of 60,000 centroids (near Mesa's loop cap).
+  assert.deepEqual(await assignNearest(gpu, x, N, d, c, n), want);
+  const long = await assignNearest(gpu, x, N, d, c, n, {
+    maxGroups: 1,
+    maxCentroidsPerDispatch: 60_000,
+  });
+  assert.deepEqual(long, want);
+});
+
+Deno.test("ties go to the lowest centroid index", async () => {
+  const gpu = await getGpu();
+  const d = 4, n = 200;
+  const c = new Float32Array(n * d).fill(7);
+  for (const j of [5, 77, 150, 199]) c.fill(1, j * d, (j + 1) * d); // equally near copies
+  const x = new Float32Array(8 * d).fill(1);
+  const codes = await assignNearest(gpu, x, 8, d, c, n, { maxCentroidsPerDispatch: 50 });
+  assert.deepEqual(codes, new Uint32Array(8).fill(5));
+});
+
+Deno.test("objective equals the squared error of decodeT against the matrix", async () => {
+  const gpu = await getGpu();
+  for (const [out, inDim, d] of [[64, 48, 4], [30, 40, 4]]) {
+    const w = blobs(out * inDim, 1, 9, out);
+    const { x, N } = vectorize(w, out, inDim, d);
+    const r = await kmeans(gpu, x, N, d, 64, { iters: 8, seed: 1 });
+    const wT = decodeT(r.centroids, r.codes, inDim, out, d);
+    let sse = 0;
+    for (let i = 0; i < inDim; i++) {
+      for (let o = 0; o < out; o++) sse += (wT[i * out + o] - w[o * inDim + i]) ** 2;
+    }
+    // Padded coordinates (zeros) count in the objective but are cut off by decoding.
+    const cols = Math.ceil(out / d);
+    let padErr = 0;
+    for (let row = 0; row < inDim; row++) {
+      const last = r.codes[row * cols + cols - 1] * d;
+      for (let k = out - (cols - 1) * d; k < d; k++) padErr += r.centroids[last + k] ** 2;
+    }
+    assert.ok(
+      Math.abs(r.objective - (sse + padErr)) <= 1e-9 * r.objective,
+      `out=${out}: objective ${r.objective} vs ${sse} + ${padErr}`,
+    );
+    if (out % d === 0) assert.equal(padErr, 0);
+  }
+});
+
+Deno.test("same inputs and seed give bit-identical runs; the seed matters", async () => {
+  const gpu = await getGpu();
+  const N = 8000, d = 6, n = 256;
+  const x = blobs(N, d, 30, 13);
+  const a = await kmeans(gpu, x, N, d, n, { iters: 6, seed: 9 });
+  const b = await kmeans(gpu, x, N, d, n, { iters: 6, seed: 9 });
+  assertSameRun(a, b, "repeat");
+  const c = await kmeans(gpu, x, N, d, n, { iters: 6, seed: 10 });
+  assert.ok(!sameBits(a.centroids, c.centroids));
+});
+
+Deno.test("empty clusters are re-seeded from the points of largest error", async () => {
+  const gpu = await getGpu();
+  // 20 distinct points, each repeated 10 times: many initial centroids coincide, so every
+  // duplicate but the lowest-indexed one gets no points.
+  const d = 4, n = 30, N = 200;
+  const rng = new Rng(14);
+  const distinct = Float32Array.from({ length: 20 * d }, () => rng.int(16));
+  const x = new Float32Array(N * d);
+  for (let i = 0; i < N; i++) x.set(distinct.subarray((i % 20) * d, (i % 20 + 1) * d), i * d);
+  const iters = 10;
+  const got = await kmeans(gpu, x, N, d, n, { iters, seed: 4 });
+  const want = kmeansRef(x, N, d, n, iters, 4);
+  assert.deepEqual(got.codes, want.codes);
+  assert.ok(sameBits(got.centroids, want.centroids));
+  assert.equal(got.iterations, want.iterations);
+  assert.ok(got.iterations < iters, "a run of duplicates reaches a fixed point");
+  // 20 distinct points, 30 centroids: every point ends on a centroid equal to it.
+  assert.equal(got.objective, 0);
+  const brute = await kmeans(gpu, x, N, d, n, { iters, seed: 4, accelerate: false });
+  assertSameRun(got, brute, "accelerated vs brute force with duplicates");
+});
+
+Deno.test("update re-seeds empty clusters: largest error first, ties by lowest index", () => {
+  // 1-D points; centroids 0 and 10 hold them all, centroids 2 and 3 are empty.
+  const x = new Float32Array([0, 1, 4, 9, 10, 6, 4]);
+  const prev = new Float32Array([0, 10, 100, 200]);
+  const codes = new Uint32Array([0, 0, 0, 1, 1, 1, 0]);
+  // errors against prev: 0, 1, 16, 1, 0, 16, 16 -> points 2 and 5 (ties by lowest index)
+  const next = updateCentroids(x, 7, 1, 4, codes, prev);
+  assert.deepEqual(Array.from(next), [9 / 4, 25 / 3, 4, 6].map(Math.fround));
+});
+
+Deno.test("initialisation: distinct seeded points; kmeans++ matches the reference", async () => {
+  const N = 3000, d = 4, n = 200;
+  const x = blobs(N, d, 12, 15);
+  const c = initCentroids(x, N, d, n, 7);
+  assert.ok(sameBits(c, initCentroids(x, N, d, n, 7)));
+  const seen = new Set<string>();
+  for (let j = 0; j < n; j++) seen.add(Array.from(c.subarray(j * d, j * d + d)).join(","));
+  assert.equal(seen.size, n, "distinct points");
+  const gpu = await getGpu();
+  const got = await kmeans(gpu, x, N, d, n, { iters: 4, seed: 7, init: "kmeans++" });
+  const want = kmeansRef(x, N, d, n, 4, 7, "kmeans++");
+  let mismatches = 0;
+  for (let i = 0; i < N; i++) if (got.codes[i] !== want.codes[i]) mismatches++;
+  assert.ok(mismatches <= 2, `${mismatches} mismatches`);
+  assertClose(got.centroids, want.centroids, 1e-6, 1e-5, "kmeans++ centroids");
+});
+
+Deno.test("shader template expands nested //#for blocks", () => {
+  const src = "a ${D}\n//#for j < P\nx${j}\n//#for k < D\ny${j}_${k}\n//#end\n//#end\nz";
+  assert.equal(expandTemplate(src, { D: 2, P: 2 }), "a 2\nx0\ny0_0\ny0_1\nx1\ny1_0\ny1_1\nz");
+  assert.throws(() => expandTemplate("//#for j < P\nx", { P: 1 }), /without \/\/#end/);
+});
+
+Deno.test({
+  name: "real weights: accelerated codes equal brute force (tinyllama q_proj, d=4, n=256)",
+  ignore: !existsSync(`${TINYLLAMA}/model.safetensors`),
+  fn: async () => {
+    const gpu = await getGpu();
+    const index = await SafetensorsIndex.open(TINYLLAMA);
+    const name = "model.layers.0.self_attn.q_proj.weight";
+    const [out, inDim] = index.info(name).shape;
+    const w = await index.readF32(name);
+    index.close();
+    const d = 4, n = 256;
+    const { x, N } = vectorize(w, out, inDim, d);
+    const fast = await kmeans(gpu, x, N, d, n, { iters: 20, seed: 1 });
+    const slow = await kmeans(gpu, x, N, d, n, { iters: 20, seed: 1, accelerate: false });
+    assertSameRun(fast, slow, "q_proj");
+    assert.ok(fast.distanceEvals < slow.distanceEvals);
+  },
+});
