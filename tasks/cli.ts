@@ -1,12 +1,16 @@
 // The single-binary entry: `cluscomp <command> [flags]`.
 import { compressMain } from "../src/cli/compress.ts";
 import { evalMain } from "../src/cli/eval.ts";
+import { exportMain } from "../src/cli/export.ts";
+import { planMain } from "../src/cli/plan.ts";
 import { runMain } from "../src/cli/main.ts";
 import { UserError } from "../src/errors.ts";
 
 const COMMANDS: Record<string, (argv: string[]) => Promise<number>> = {
   compress: compressMain,
   eval: evalMain,
+  export: exportMain,
+  plan: planMain,
 };
 
 await runMain(async (argv) => {

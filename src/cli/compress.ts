@@ -6,6 +6,7 @@ import { UserError } from "../errors.ts";
 import { defaultCalib, defaultLr } from "../finetune/calib.ts";
 import { LINEAR_KINDS, type LinearKind, loadConfig } from "../io/config.ts";
 import { compress, type CompressSettings } from "../pipeline/compress.ts";
+import { parseDuration, RunControl } from "../pipeline/control.ts";
 import { Progress } from "../pipeline/progress.ts";
 import { bytesFlag, intFlag, numberFlag, parseFlags } from "./args.ts";
 
@@ -45,11 +46,17 @@ prints the perplexity of the original and compressed model on WikiText-2 (64 win
   --eval-seqlen N        window length (default 2048)
   --eval-max-windows K   first K windows only
   --gpu-memory SIZE      GPU memory budget for evaluation (default 2GiB)
+  --restart STAGE        recompute from STAGE on (cluster|rtn, finetune, eval), e.g. after
+                         changing its settings
+  --time-budget T        stop at the next unit boundary before T (e.g. 30m, 2h) is exceeded
+                         and exit 75: run the same command again to continue
   --json                 print one JSON object on stdout
   --quiet                no progress on stderr
   -h, --help             this text
 
 A killed run resumes: run the same command again and finished blocks are not recomputed.
+Exit codes: 0 done; 1 bad input or settings; 3 internal error; 75 not finished (time budget):
+run again; 130 stopped by SIGINT/SIGTERM (finished units kept).
 `;
 
 function defaultModel(): string {
@@ -96,6 +103,8 @@ export async function compressMain(argv: string[]): Promise<number> {
     "eval-seqlen": { type: "string" },
     "eval-max-windows": { type: "string" },
     "gpu-memory": { type: "string" },
+    restart: { type: "string" },
+    "time-budget": { type: "string" },
     "no-finetune": { type: "boolean" },
     calib: { type: "string" },
     "calib-samples": { type: "string" },
@@ -198,7 +207,19 @@ export async function compressMain(argv: string[]): Promise<number> {
       }
       : undefined,
     gpuBudget: bytesFlag(cmd, values["gpu-memory"], "gpu-memory", 2 ** 31),
+    restart: values.restart as string | undefined,
   };
+  let budgetMs: number | null = null;
+  if (values["time-budget"] !== undefined) {
+    budgetMs = parseDuration(String(values["time-budget"]));
+    if (budgetMs === null || !(budgetMs > 0)) {
+      throw new UserError(
+        `${cmd}: --time-budget must be a duration like 90s, 30m or 2h (got "${
+          values["time-budget"]
+        }")`,
+      );
+    }
+  }
   if (method === "rtn" && (!Number.isInteger(bits) || bits! > 8)) {
     throw new UserError(`${cmd}: --method rtn needs an integer --bits from 1 to 8 (got ${bits})`);
   }
@@ -239,7 +260,7 @@ export async function compressMain(argv: string[]): Promise<number> {
     };
     if (settings.finetune.holdout >= 1) throw new UserError(`${cmd}: --holdout must be below 1`);
   }
-  const r = await compress(settings, progress);
+  const r = await compress(settings, progress, new RunControl(budgetMs));
   if (values.json) {
     console.log(JSON.stringify(r));
   } else {

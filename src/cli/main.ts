@@ -1,6 +1,7 @@
 // Runs a command: user errors become one line on stderr and exit code 1; no stack traces
 // unless CLUSCOMP_DEBUG is set.
 import { UserError } from "../errors.ts";
+import { StopRun } from "../pipeline/control.ts";
 
 export const EXIT_ERROR = 1;
 export const EXIT_INTERNAL = 3;
@@ -11,7 +12,10 @@ export async function runMain(fn: (argv: string[]) => Promise<number | void>): P
     code = (await fn(Deno.args)) ?? 0;
   } catch (e) {
     const debug = Deno.env.get("CLUSCOMP_DEBUG");
-    if (e instanceof UserError) {
+    if (e instanceof StopRun) {
+      console.error(`stopped: ${e.message}`);
+      code = e.code;
+    } else if (e instanceof UserError) {
       console.error(`error: ${e.message}`);
       code = EXIT_ERROR;
     } else if (e instanceof Deno.errors.NotFound || e instanceof Deno.errors.PermissionDenied) {

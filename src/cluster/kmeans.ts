@@ -87,7 +87,10 @@ const MIN_GROUP = 64;
 /** Centroid groups G for n centroids: a power of two, 1 .. maxGroups. */
 export function groupCount(n: number, maxGroups = MAX_GROUPS): number {
   let g = 1;
-  while (g * 2 <= maxGroups && g * 2 <= KD_CELLS && g * 2 * MIN_GROUP <= n) g *= 2;
+  // (The shader computes g * n in u32.)
+  while (g * 2 <= maxGroups && g * 2 <= KD_CELLS && g * 2 * MIN_GROUP <= n && g * 2 * n < 2 ** 32) {
+    g *= 2;
+  }
   return g;
 }
 
@@ -210,6 +213,7 @@ export function pickPoints(
   seed: number,
   init: "random" | "kmeans++" = "random",
 ): Float32Array {
+  if (N < n) throw new Error(`kmeans: ${n} centroids need at least as many points (N = ${N})`);
   const rng = new Rng(seed);
   const c = new Float32Array(n * d);
   if (init === "random") {
@@ -351,7 +355,6 @@ export function updateCentroids(
     }
     for (let k = 0; k < d; k++) next[j * d + k] = sums[j * d + k] / counts[j];
   }
-  if (Deno.env.get("KM_EMPTY")) console.log("empty", empty.length);
   if (empty.length > 0) {
     const far = largestErrors(pointErrors(x, N, d, prev, codes), empty.length);
     for (let m = 0; m < empty.length; m++) {
@@ -422,7 +425,8 @@ class Assigner {
     maxGroups: number,
   ) {
     this.P = pointsPerInvocation(d);
-    this.G = groupCount(n, maxGroups);
+    // Brute force needs no group bounds: one group keeps its dispatches long.
+    this.G = accelerate ? groupCount(n, maxGroups) : 1;
     const src = expandTemplate(code, { D: d, P: this.P, WG });
     const name = `kmeans_d${d}_p${this.P}_w${WG}`;
     this.scanPipe = gpu.pipeline(name, src, "scan");
@@ -565,16 +569,9 @@ class Assigner {
           { buffer: this.cnt, offset: i * this.cntStride, size: (G + 2) * 4 },
         ], [gx, gy]);
       }
-      const T = (globalThis as any).T ??= {};
-      let t0 = performance.now();
-      await gpu.sync();
-      T.pre = (T.pre ?? 0) + performance.now() - t0;
-      t0 = performance.now();
       const counts = new Uint32Array(
         await gpu.read(this.cnt, 0, this.chunks.length * this.cntStride),
       );
-      T.bounds = (T.bounds ?? 0) + performance.now() - t0;
-      t0 = performance.now();
       for (let i = 0; i < this.chunks.length; i++) {
         const c = this.chunks[i];
         const at = (i * this.cntStride) / 4;
@@ -587,17 +584,11 @@ class Assigner {
         stat.tightened += counts[at + G + 1];
         this.evals += counts[at + G + 1];
       }
-      await gpu.sync();
-      T.scans = (T.scans ?? 0) + performance.now() - t0;
-      t0 = performance.now();
     }
-    const T = (globalThis as any).T ??= {};
-    let t1 = performance.now();
     const codes = new Uint32Array(this.N);
     for (const c of this.chunks) {
       codes.set(new Uint32Array(await gpu.read(c.code, 0, c.rows * 4)), c.row0);
     }
-    T.read = (T.read ?? 0) + performance.now() - t1;
     stat.evals = this.evals - before;
     this.stats.push(stat);
     return codes;
@@ -678,17 +669,12 @@ export async function kmeans(
     opts.onIter?.(0, objective);
     let iterations = 0;
     while (iterations < iters) {
-      const T = (globalThis as any).T ??= {};
-      let t1 = performance.now();
       const next = updateCentroids(x, N, d, n, codes, cents);
-      T.update = (T.update ?? 0) + performance.now() - t1;
       if (sameBits(next, cents)) break;
       codes = await a.assign(next, cents);
       cents = next;
       iterations++;
-      t1 = performance.now();
       objective = sse(x, N, d, cents, codes);
-      T.sse = (T.sse ?? 0) + performance.now() - t1;
       opts.onIter?.(iterations, objective);
     }
     opts.onStats?.(a.stats);

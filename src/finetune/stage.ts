@@ -93,14 +93,14 @@ export interface FinetuneInput {
   heldOut: Int32Array[];
   settings: FinetuneSettings;
   progress: Progress;
-  /** Called at each unit boundary; returning true stops the stage there (time budget, signal). */
-  shouldStop?: () => boolean;
+  /** Called at each unit boundary (block, epoch); throws to stop there (time budget, signal). */
+  checkpoint?: () => void;
 }
 
 export const finetuneUnit = (l: number) => `finetune/block-${String(l).padStart(3, "0")}`;
 
 /** Finetunes every block in order, resuming from the work directory. Returns per-block reports. */
-export async function finetune(inp: FinetuneInput): Promise<BlockReport[] | null> {
+export async function finetune(inp: FinetuneInput): Promise<BlockReport[]> {
   const { cfg, src, work, progress } = inp;
   const H = cfg.hidden, T = inp.train[0].length;
   const windows = [...inp.train, ...inp.heldOut];
@@ -130,9 +130,8 @@ export async function finetune(inp: FinetuneInput): Promise<BlockReport[] | null
       });
       continue;
     }
-    if (inp.shouldStop?.()) return null;
+    inp.checkpoint?.();
     const r = await finetuneBlock(inp, l, student, teacher, nTrain, T, rope);
-    if (!r) return null;
     student = r.studentOut;
     teacher = r.teacherOut;
     const tensors: TensorBytes[] = [...r.codebooks];
@@ -182,7 +181,7 @@ async function finetuneBlock(
     studentOut: Float32Array[];
     teacherOut: Float32Array[];
     report: BlockReport;
-  } | null
+  }
 > {
   const { gpu, cfg, src, work, settings, progress } = inp;
   const H = cfg.hidden, start = performance.now();
@@ -278,7 +277,7 @@ async function finetuneBlock(
       best = new Map([...(await s.state()).tensors].filter(([k]) => k.endsWith(".codebook")));
     }
     for (let epoch = epoch0 + 1; epoch <= settings.epochs && stale < settings.patience; epoch++) {
-      if (inp.shouldStop?.()) return null;
+      inp.checkpoint?.();
       const order = shuffle(trainIdx, new Rng(settings.seed * 7919 + l * 1000 + epoch));
       let lossSum = 0;
       for (let k = 0; k < order.length; k++) {

@@ -129,22 +129,24 @@ const COPIED = [
 ];
 
 /**
- * Writes a compressed folder atomically: everything goes to a temporary folder beside `outDir`,
+ * Writes a model folder (compressed when `qc` is given, dense otherwise) atomically: everything goes to a temporary folder beside `outDir`,
  * which is renamed into place at the end. Shard 1 holds the non-block tensors, shard i + 2 block i.
  */
 export async function writeCompressedModel(
   srcDir: string,
   outDir: string,
   cfg: ModelConfig,
-  qc: QuantizationConfig,
+  qc: QuantizationConfig | null,
   blockTensors: (layer: number) => Promise<TensorBytes[]>,
   index: SafetensorsIndex,
+  beforeRename?: (tmpDir: string) => Promise<void>,
 ): Promise<void> {
   const tmp = `${outDir}.tmp-${Deno.pid}`;
   await Deno.remove(tmp, { recursive: true }).catch(() => {});
   await Deno.mkdir(tmp, { recursive: true });
   const config = JSON.parse(await Deno.readTextFile(join(srcDir, "config.json")));
-  config.quantization_config = qc;
+  if (qc) config.quantization_config = qc;
+  else delete config.quantization_config;
   await Deno.writeTextFile(join(tmp, "config.json"), JSON.stringify(config, null, 2) + "\n");
   for (const f of COPIED) {
     if (existsSync(join(srcDir, f))) await Deno.copyFile(join(srcDir, f), join(tmp, f));
@@ -174,6 +176,7 @@ export async function writeCompressedModel(
     join(tmp, "model.safetensors.index.json"),
     JSON.stringify({ metadata: { format: "pt" }, weight_map: sorted }, null, 2) + "\n",
   );
+  await beforeRename?.(tmp);
   if (existsSync(outDir)) await Deno.remove(outDir, { recursive: true });
   await Deno.rename(tmp, outDir);
 }

@@ -174,8 +174,12 @@ function parseRopeScaling(
 }
 
 /** Reads and validates `<dir>/config.json`. */
-export async function loadConfig(dir: string): Promise<ModelConfig> {
-  const file = join(dir, "config.json");
+export function loadConfig(dir: string): Promise<ModelConfig> {
+  return loadConfigFile(join(dir, "config.json"));
+}
+
+/** A config.json given by its own path. */
+export async function loadConfigFile(file: string): Promise<ModelConfig> {
   if (!existsSync(file)) throw new UserError(`Cannot read ${file}: no such file`);
   let json: unknown;
   try {

@@ -1,7 +1,7 @@
 // The compress pipeline: load, cluster (or RTN) per block into the work directory, export the
 // compressed folder, and optionally evaluate original and compressed perplexity.
 import { existsSync } from "node:fs";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { kmeans } from "../cluster/kmeans.ts";
 import {
   type ClusterSettings,
@@ -40,6 +40,8 @@ import type { WeightSource } from "../model/weights.ts";
 import { Rng } from "../util/rng.ts";
 import { sha256 } from "./hash.ts";
 import type { Progress } from "./progress.ts";
+import { RunControl } from "./control.ts";
+import { writeReport } from "./report.ts";
 import { WorkDir } from "./workdir.ts";
 
 export interface CompressSettings {
@@ -59,6 +61,8 @@ export interface CompressSettings {
     train: FinetuneSettings;
   };
   gpuBudget: number;
+  /** Recompute from this stage on. */
+  restart?: string;
 }
 
 export interface CompressResult {
@@ -69,12 +73,18 @@ export interface CompressResult {
   stored_bits_per_weight: number;
   plan?: MatrixPlan[];
   blocks: { layer: number; facts: MatrixFacts[]; resumed: boolean }[];
-  finetune?: { settings: CompressSettings["finetune"]; blocks: BlockReport[]; seconds: number };
+  finetune?: {
+    settings: CompressSettings["finetune"];
+    blocks: BlockReport[];
+    seconds: number;
+  };
   ppl_original?: number;
   ppl_compressed?: number;
   eval?: { original: Omit<EvalResult, "firstLogits">; compressed: Omit<EvalResult, "firstLogits"> };
   seconds: { cluster: number; finetune: number; export: number; eval: number };
   gpu_peak_bytes: number;
+  /** Peak GPU bytes held during each stage run here (not for stages resumed from checkpoints). */
+  gpu_peak: Record<string, number>;
 }
 
 /** Hash of what the inputs are: config, tokenizer and each safetensors file's name, size and header. */
@@ -132,7 +142,11 @@ function sampleErrorFn(cfg: ModelConfig, src: WeightSource, seed: number) {
   };
 }
 
-export async function compress(s: CompressSettings, progress: Progress): Promise<CompressResult> {
+export async function compress(
+  s: CompressSettings,
+  progress: Progress,
+  control: RunControl = new RunControl(null),
+): Promise<CompressResult> {
   const t0 = performance.now();
   if (existsSync(join(s.model, "config.json"))) {
     const raw = JSON.parse(await Deno.readTextFile(join(s.model, "config.json")));
@@ -140,8 +154,9 @@ export async function compress(s: CompressSettings, progress: Progress): Promise
       throw new UserError(`${s.model}: is already compressed; give the original model`);
     }
   }
+  await checkWritable(s.out);
   const m = await openModel(s.model);
-  await Tokenizer.load(s.model);
+  const tokenizer = await Tokenizer.load(s.model);
   const { cfg, source, index } = m;
   let plan: MatrixPlan[] | undefined;
   let bits: { total: number; stored: number };
@@ -158,23 +173,33 @@ export async function compress(s: CompressSettings, progress: Progress): Promise
       sum += rtnBits(s.rtn.bits, s.rtn.group, lin.in) * lin.in * lin.out;
       weights += lin.in * lin.out;
     }
-    const b = sum / weights;
-    bits = { total: b, stored: b };
+    bits = { total: sum / weights, stored: sum / weights };
     progress.note(
       "plan",
-      `RTN ${s.rtn.bits} bits, group ${s.rtn.group}: ${b.toFixed(4)} bits per weight`,
+      `RTN ${s.rtn.bits} bits, group ${s.rtn.group}: ${bits.total.toFixed(4)} bits per weight`,
     );
   }
-  const settings = {
-    method: s.method,
-    plan: plan?.map(({ reason: _, ...p }) => p) ?? null,
-    cluster: s.method === "cluscomp"
-      ? { iters: s.cluster.iters, seed: s.cluster.seed, init: s.cluster.init }
-      : null,
-    rtn: s.method === "rtn" ? s.rtn : null,
-    finetune: s.method === "cluscomp" && s.finetune ? s.finetune : null,
+  const ft = s.method === "cluscomp" ? s.finetune : undefined;
+  const stage = s.method === "cluscomp" ? "cluster" : "rtn";
+  // Settings per stage, in order: a change invalidates that stage and every later one.
+  const stages: Record<string, unknown> = {
+    [stage]: s.method === "cluscomp"
+      ? {
+        plan: plan!.map(({ reason: _, ...p }) => p),
+        iters: s.cluster.iters,
+        seed: s.cluster.seed,
+        init: s.cluster.init,
+      }
+      : s.rtn,
+    finetune: ft ?? null,
+    eval: s.eval ? { ...s.eval, codebookDtype: s.cluster.codebookDtype } : null,
   };
-  const work = await WorkDir.open(s.work, settings, await inputsHash(s.model, index.files));
+  const work = await WorkDir.open(
+    s.work,
+    stages,
+    await inputsHash(s.model, index.files),
+    s.restart,
+  );
   const result: CompressResult = {
     method: s.method,
     model: s.model,
@@ -185,11 +210,21 @@ export async function compress(s: CompressSettings, progress: Progress): Promise
     blocks: [],
     seconds: { cluster: 0, finetune: 0, export: 0, eval: 0 },
     gpu_peak_bytes: 0,
+    gpu_peak: {},
   };
   try {
     const gpu = await getGpu();
-    const stage = s.method === "cluscomp" ? "cluster" : "rtn";
+    // Peak bytes per stage: the counter restarts from what is live when a stage begins.
+    let stageName = stage;
+    gpu.bytesPeak = gpu.bytesLive;
+    const endStage = (next: string) => {
+      result.gpu_peak[stageName] = Math.max(result.gpu_peak[stageName] ?? 0, gpu.bytesPeak);
+      stageName = next;
+      gpu.bytesPeak = gpu.bytesLive;
+    };
     const unitName = (l: number) => `${stage}/block-${String(l).padStart(3, "0")}`;
+    const readUnit = async (unit: string) =>
+      decodeSafetensors(await work.read(unit), work.path(`${unit}.safetensors`));
     for (let l = 0; l < cfg.layers; l++) {
       const unit = unitName(l);
       const done = await work.done(unit);
@@ -198,6 +233,7 @@ export async function compress(s: CompressSettings, progress: Progress): Promise
         progress.update({ stage, done: l + 1, total: cfg.layers, block: l, resumed: "yes" });
         continue;
       }
+      control.checkpoint();
       const r = s.method === "cluscomp"
         ? await clusterBlock(
           gpu,
@@ -206,7 +242,7 @@ export async function compress(s: CompressSettings, progress: Progress): Promise
           l,
           plan!,
           s.cluster,
-          (kind, iter, obj) =>
+          (kind, iter, objective) =>
             progress.update({
               stage,
               done: l,
@@ -214,7 +250,7 @@ export async function compress(s: CompressSettings, progress: Progress): Promise
               block: l,
               matrix: kind,
               iter,
-              objective: obj,
+              objective,
             }),
         )
         : await rtnBlock(cfg, source, l, s.rtn.bits, s.rtn.group);
@@ -227,10 +263,9 @@ export async function compress(s: CompressSettings, progress: Progress): Promise
     let t1 = performance.now();
     result.seconds.cluster = (t1 - t0) / 1000;
 
-    const ft = s.method === "cluscomp" ? s.finetune : undefined;
+    endStage("finetune");
     if (ft) {
-      const tok = await Tokenizer.load(s.model);
-      const ids = tok.encode(await readText(ft.calib));
+      const ids = tokenizer.encode(await readText(ft.calib));
       const { train, heldOut } = sampleWindows(ids, {
         samples: ft.samples,
         seqlen: ft.seqlen,
@@ -245,82 +280,138 @@ export async function compress(s: CompressSettings, progress: Progress): Promise
         cfg,
         src: source,
         work,
-        clusterUnit: async (l) =>
-          decodeSafetensors(await work.read(unitName(l)), work.path(`${unitName(l)}.safetensors`)),
+        clusterUnit: (l) => readUnit(unitName(l)),
         shapes,
         train,
         heldOut,
         settings: ft.train,
         progress,
+        checkpoint: () => control.checkpoint(),
       });
       const t = performance.now();
-      result.finetune = { settings: ft, blocks: reports!, seconds: (t - t1) / 1000 };
+      result.finetune = { settings: ft, blocks: reports, seconds: (t - t1) / 1000 };
       result.seconds.finetune = (t - t1) / 1000;
       t1 = t;
     }
 
-    const modules: QuantizationConfig["modules"] = {};
-    for (let l = 0; l < cfg.layers; l++) {
-      for (const lin of linearNames(l, cfg)) {
-        const name = lin.name.replace(/\.weight$/, "");
-        if (s.method === "rtn") {
-          modules[name] = { bits: s.rtn.bits, group: s.rtn.group };
-        } else {
-          const p = plan!.find((q) => q.kind === lin.kind)!;
-          modules[name] = {
-            d: p.d,
-            n: p.n,
-            pad: p.pad,
-            splits: p.splits,
-            codebook_dtype: s.cluster.codebookDtype,
-            codes_dtype: p.n <= 256 ? "U8" : "U16",
-          };
+    endStage("export");
+    const qc = quantConfig(cfg, s, plan, bits);
+    let tExport = 0;
+    await writeCompressedModel(
+      s.model,
+      s.out,
+      cfg,
+      qc,
+      async (l) => {
+        const tensors = await readUnit(unitName(l));
+        if (ft) {
+          // Finetuned codebooks replace the clustered ones (same shape, stored flat in the unit).
+          const tuned = await readUnit(finetuneUnit(l));
+          for (const t of tensors) {
+            const f = tuned.find((q) => q.name === t.name);
+            if (f) t.data = f.data;
+          }
         }
-      }
-    }
-    const qc: QuantizationConfig = {
-      quant_method: s.method,
-      bits_per_weight: bits.total,
-      stored_bits_per_weight: bits.stored,
-      modules,
-    };
-    await writeCompressedModel(s.model, s.out, cfg, qc, async (l) => {
-      const unit = unitName(l);
-      const tensors = decodeSafetensors(await work.read(unit), work.path(`${unit}.safetensors`));
-      if (ft) {
-        // Finetuned codebooks replace the clustered ones (same shape, stored flat in the unit).
-        const fu = finetuneUnit(l);
-        const tuned = decodeSafetensors(await work.read(fu), work.path(`${fu}.safetensors`));
-        for (const t of tensors) {
-          const f = tuned.find((q) => q.name === t.name);
-          if (f) t.data = f.data;
+        return tensors.map((t) => storedCodebook(t, s.cluster.codebookDtype));
+      },
+      index,
+      async (tmp) => {
+        // The folder is complete but not yet in place: evaluate it, then add the report.
+        tExport = performance.now();
+        result.seconds.export = (tExport - t1) / 1000;
+        endStage("eval");
+        if (s.eval) {
+          const e = { ...s.eval, gpuBudget: s.gpuBudget };
+          const orig = await evalUnit(
+            work,
+            "eval/original",
+            control,
+            () => evaluatePerplexity({ model: s.model, ...e }, progress),
+          );
+          const comp = await evalUnit(
+            work,
+            "eval/compressed",
+            control,
+            () => evaluatePerplexity({ model: tmp, ...e }, progress),
+          );
+          comp.model = s.out;
+          result.eval = { original: orig, compressed: comp };
+          result.ppl_original = orig.ppl;
+          result.ppl_compressed = comp.ppl;
+          result.seconds.eval = (performance.now() - tExport) / 1000;
         }
-      }
-      return tensors.map((t) => storedCodebook(t, s.cluster.codebookDtype));
-    }, index);
-    const t2 = performance.now();
-    result.seconds.export = (t2 - t1) / 1000;
+        endStage("");
+        delete result.gpu_peak[""];
+        result.gpu_peak_bytes = Math.max(...Object.values(result.gpu_peak));
+        await writeReport(tmp, result);
+      },
+    );
     progress.note("export", `wrote ${s.out}`);
-
-    if (s.eval) {
-      const e = { ...s.eval, gpuBudget: s.gpuBudget };
-      const { firstLogits: _a, ...orig } = await evaluatePerplexity(
-        { model: s.model, ...e },
-        progress,
-      );
-      const { firstLogits: _b, ...comp } = await evaluatePerplexity(
-        { model: s.out, ...e },
-        progress,
-      );
-      result.eval = { original: orig, compressed: comp };
-      result.ppl_original = orig.ppl;
-      result.ppl_compressed = comp.ppl;
-      result.seconds.eval = (performance.now() - t2) / 1000;
-    }
-    result.gpu_peak_bytes = gpu.bytesPeak;
   } finally {
+    control.close();
     await work.close();
     index.close();
   }
   return result;
+}
+
+/** An evaluation kept as a work unit, so a resumed run does not repeat it. */
+async function evalUnit(
+  work: WorkDir,
+  unit: string,
+  control: RunControl,
+  run: () => Promise<EvalResult>,
+): Promise<Omit<EvalResult, "firstLogits">> {
+  const done = await work.done(unit);
+  if (done) return JSON.parse(new TextDecoder().decode(await work.read(unit)));
+  control.checkpoint();
+  const { firstLogits: _, ...r } = await run();
+  await work.complete(unit, `${unit}.json`, new TextEncoder().encode(JSON.stringify(r)));
+  return r;
+}
+
+function quantConfig(
+  cfg: ModelConfig,
+  s: CompressSettings,
+  plan: MatrixPlan[] | undefined,
+  bits: { total: number; stored: number },
+): QuantizationConfig {
+  const modules: QuantizationConfig["modules"] = {};
+  for (let l = 0; l < cfg.layers; l++) {
+    for (const lin of linearNames(l, cfg)) {
+      const name = lin.name.replace(/\.weight$/, "");
+      if (s.method === "rtn") {
+        modules[name] = { bits: s.rtn.bits, group: s.rtn.group };
+        continue;
+      }
+      const p = plan!.find((q) => q.kind === lin.kind)!;
+      modules[name] = {
+        d: p.d,
+        n: p.n,
+        pad: p.pad,
+        splits: p.splits,
+        codebook_dtype: s.cluster.codebookDtype,
+        codes_dtype: p.n <= 256 ? "U8" : "U16",
+      };
+    }
+  }
+  return {
+    quant_method: s.method,
+    bits_per_weight: bits.total,
+    stored_bits_per_weight: bits.stored,
+    modules,
+  };
+}
+
+/** Fails early, before any work, when the output's parent folder cannot be written. */
+async function checkWritable(out: string): Promise<void> {
+  const parent = dirname(out);
+  try {
+    await Deno.mkdir(parent, { recursive: true });
+    const probe = join(parent, `.cluscomp-probe-${Deno.pid}`);
+    await Deno.writeTextFile(probe, "");
+    await Deno.remove(probe);
+  } catch (e) {
+    throw new UserError(`Cannot write ${out}: ${(e as Error).message.split("\n")[0]}`);
+  }
 }

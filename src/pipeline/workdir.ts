@@ -18,7 +18,8 @@ export interface UnitRecord {
 
 export interface Manifest {
   version: 1;
-  settings: Record<string, unknown>;
+  /** Settings per stage, in stage order. */
+  stages: Record<string, unknown>;
   inputs: string;
   units: Record<string, UnitRecord>;
 }
@@ -29,15 +30,20 @@ export class WorkDir {
   private constructor(readonly dir: string, private manifest: Manifest, private locked: boolean) {}
 
   /**
-   * Opens (or creates) a work directory for these settings and inputs. A manifest made with other
-   * settings or inputs is refused unless `restart` is set, which drops every unit.
+   * Opens (or creates) a work directory for these per-stage settings (in stage order) and inputs.
+   * A stage whose settings changed is refused unless `restart` names it or an earlier stage;
+   * `restart` drops the units of that stage and every later one. Changed inputs need a restart.
    */
   static async open(
     dir: string,
-    settings: Record<string, unknown>,
+    stages: Record<string, unknown>,
     inputs: string,
-    opts: { restart?: (unit: string) => boolean } = {},
+    restart?: string,
   ): Promise<WorkDir> {
+    const order = Object.keys(stages);
+    if (restart !== undefined && !order.includes(restart)) {
+      throw new UserError(`--restart: unknown stage "${restart}" (stages: ${order.join(", ")})`);
+    }
     try {
       await Deno.mkdir(dir, { recursive: true });
     } catch (e) {
@@ -45,31 +51,44 @@ export class WorkDir {
     }
     await acquireLock(dir);
     const path = join(dir, MANIFEST);
-    let manifest: Manifest = { version: 1, settings, inputs, units: {} };
     try {
+      let units: Record<string, UnitRecord> = {};
       if (existsSync(path)) {
         let old: Manifest;
         try {
           old = decode(await Deno.readFile(path)) as Manifest;
+          if (old.version !== 1 || typeof old.units !== "object") throw new Error("bad version");
         } catch {
           throw new UserError(
             `${path}: manifest is corrupt; delete the work directory to start over`,
           );
         }
-        const same = JSON.stringify(old.settings) === JSON.stringify(settings) &&
-          old.inputs === inputs;
-        if (!same && !opts.restart) {
-          const what = old.inputs !== inputs ? "the input model" : "the settings";
-          throw new UserError(
-            `${dir}: ${what} changed since this work directory was made; use --restart STAGE or another --work`,
-          );
+        let from = restart === undefined ? order.length : order.indexOf(restart);
+        if (old.inputs !== inputs) {
+          if (restart === undefined) {
+            throw new UserError(
+              `${dir}: the input model changed since this work directory was made; use --restart ${
+                order[0]
+              } or another --work`,
+            );
+          }
+          from = 0;
         }
-        manifest = { version: 1, settings, inputs, units: {} };
-        for (const [k, v] of Object.entries(old.units ?? {})) {
-          if (same ? !opts.restart?.(k) : false) manifest.units[k] = v;
+        for (let i = 0; i < from; i++) {
+          const st = order[i];
+          if (JSON.stringify(old.stages?.[st]) !== JSON.stringify(stages[st])) {
+            throw new UserError(
+              `${dir}: the ${st} settings changed since this work directory was made; use --restart ${st} to recompute from there, or another --work`,
+            );
+          }
         }
+        const dropped = new Set(order.slice(from));
+        for (const [k, v] of Object.entries(old.units)) {
+          if (!dropped.has(k.split("/")[0])) units[k] = v;
+        }
+        if (old.inputs !== inputs) units = {};
       }
-      const wd = new WorkDir(dir, manifest, true);
+      const wd = new WorkDir(dir, { version: 1, stages, inputs, units }, true);
       await wd.save();
       return wd;
     } catch (e) {
@@ -78,8 +97,8 @@ export class WorkDir {
     }
   }
 
-  get settings(): Record<string, unknown> {
-    return this.manifest.settings;
+  get stages(): Record<string, unknown> {
+    return this.manifest.stages;
   }
 
   /** The record of a complete unit whose file still has its checksum, else null. */

@@ -1,0 +1,4 @@
+import { runMain } from "../src/cli/main.ts";
+import { planMain } from "../src/cli/plan.ts";
+
+await runMain(planMain);
