@@ -14,9 +14,9 @@
 //
 // Centroid groups: group g is the index range [floor(g n / G), floor((g + 1) n / G)).
 // Per point (row q of a chunk; arrays are [k, rows], so lane-adjacent rows are adjacent):
-//   code[q]        running best centroid I (after FINAL: the assignment)
+//   code[q]        running best centroid I (after `finish`: the assignment)
 //   code[rows + q] the previous assignment a, bit 31 set when a's group is being scanned
-//   st[q]          running best squared distance B (after FINAL: upper bound u on the distance)
+//   st[q]          running best squared distance B
 //   st[rows + q]   running second-best squared distance S
 //   st[2rows + q]  squared distance to a (computed by `bounds`)
 //   lbs[g rows + q] lower bound on the distance to every centroid of group g other than the
@@ -49,6 +49,7 @@ struct Params {
   groups: u32, // centroid groups G
   loff: u32,   // scan, finish: offset of the point list in `list`
   rows: u32,   // rows of the chunk
+  jn: u32,     // bounds: centroids in J (bounded one by one)
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -58,10 +59,10 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> lbs: array<f32>;    // [G, rows] group bounds
 @group(0) @binding(5) var<storage, read> x: array<f32>;            // [rows, D] points
 @group(0) @binding(6) var<storage, read> cent: array<f32>;         // [n, D] centroids
-@group(0) @binding(7) var<storage, read> moves: array<f32>;        // [2n + G] movement of each
-                                                                   // centroid; s; group drift
-@group(0) @binding(8) var<storage, read_write> cnt: array<atomic<u32>>; // [G + 2] list lengths
-                                                                   // (G + 1), tightened points
+@group(0) @binding(7) var<storage, read> moves: array<f32>;        // [n + 2G + 1 + n jn]: s;
+                    // group drift outside J; J's start in each group (integers); lower bounds
+                    // on |c_a - c_J[k]| [n, jn]
+@group(0) @binding(8) var<storage, read_write> cnt: array<atomic<u32>>; // [G + 1] list lengths
 
 /** An upper bound on the true distance whose squared f32 evaluation is e. */
 fn upper(e: f32) -> f32 {
@@ -183,23 +184,23 @@ fn finish(@builtin(global_invocation_id) gid: vec3<u32>) {
       let e = st[2u * R + q];
       if (e < b || (e == b && a < i)) {
         code[q] = a;
-        st[q] = upper(e);
         return;
       }
       let ga = group_of(a);
       lbs[ga * R + q] = min(lbs[ga * R + q], lower(e));
     }
   }
-  st[q] = upper(b);
   lbs[group_of(i) * R + q] = lower(st[R + q]);
 }
 
-// The filter, for every row of a chunk after the centroids moved. The upper bound u grows by
-// the movement of the point's centroid a; the lower bound of each group shrinks by the largest
-// movement in the group. A point with u below every group's bound (and below s(a), half the gap
-// from a to its nearest other centroid) keeps a. Otherwise u is recomputed exactly and the test
-// repeated; a point that still fails goes to the list of every group whose bound is not above u
-// and to the list of all active points (list G, for `finish`), with an empty running state.
+// The filter, for every row of a chunk after the centroids moved. u, the distance to the point's
+// centroid a, is computed exactly (one distance per point). Each group's carried lower bound
+// shrinks by the group's largest movement, not counting the J fastest-moving centroids of the
+// whole run, which are bounded one by one instead: |x - c_j| >= |c_a - c_j| - u, with |c_a - c_j|
+// from the host's table. A point with u below every group's bound (and below s(a), half the gap
+// from a to its nearest other centroid) keeps a. Otherwise it goes to the list of every group
+// whose bound is not above u and to the list of all active points (list G, for `finish`), with
+// an empty running state.
 @compute @workgroup_size(256)
 fn bounds(@builtin(global_invocation_id) gid: vec3<u32>) {
   let i = gid.x + gid.y * p.stride;
@@ -209,28 +210,30 @@ fn bounds(@builtin(global_invocation_id) gid: vec3<u32>) {
   let R = p.rows;
   let G = p.groups;
   let a = code[i];
-  let u0 = (st[i] + moves[a]) * (1.0 + DRIFT);
-  var m = BIG;
-  for (var g = 0u; g < G; g++) {
-    let v = lbs[g * R + i] - moves[2u * p.n + g];
-    let l = v - abs(v) * DRIFT;
-    lbs[g * R + i] = l;
-    m = min(m, l);
-  }
-  m = max(m, 0.5 * moves[p.n + a]);
-  if (u0 < m) {
-    st[i] = u0;
-    return;
-  }
   var e = 0.0;
   for (var k = 0u; k < D; k++) {
     let t = x[i * D + k] - cent[a * D + k];
     e = fma(t, t, e);
   }
   let u = upper(e);
-  atomicAdd(&cnt[G + 1u], 1u);
+  let drift0 = p.n;             // moves[drift0 + g]: group g's largest movement outside J
+  let js0 = drift0 + G;         // moves[js0 + g]: first J member of group g (J is by group)
+  let cj0 = js0 + G + 1u + a * p.jn; // moves[cj0 + k]: lower bound on |c_a - c_J[k]|
+  var m = BIG;
+  var j = u32(moves[js0]);
+  for (var g = 0u; g < G; g++) {
+    let v = lbs[g * R + i] - moves[drift0 + g];
+    var l = v - abs(v) * DRIFT;
+    let jend = u32(moves[js0 + g + 1u]);
+    for (; j < jend; j++) {
+      let w = moves[cj0 + j] - u;
+      l = min(l, w - abs(w) * DRIFT);
+    }
+    lbs[g * R + i] = l;
+    m = min(m, l);
+  }
+  m = max(m, 0.5 * moves[a]);
   if (u < m) {
-    st[i] = u;
     return;
   }
   let ga = group_of(a);

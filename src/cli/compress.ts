@@ -15,8 +15,9 @@ export const COMPRESS_HELP =
 
 Usage: deno task compress [--model DIR --out DIR] (--bits B | --d D --n N) [options]
 
-With no arguments: compresses the stories260K fixture in ../shared at 3 bits per weight and
-prints the perplexity of the original and compressed model on WikiText-2 (64 windows of 128).
+With no arguments: compresses the embedded default model (fixtures/kjv-llama, trained on the
+King James Bible) to about 2 bits per weight with finetuning on its calib.txt, and prints the
+perplexity of the original and compressed model on its held-out text (seqlen 128).
 
   --model DIR            Hugging Face Llama-family folder
   --out DIR              compressed folder to write (written whole at the end, atomically)
@@ -30,6 +31,8 @@ prints the perplexity of the original and compressed model on WikiText-2 (64 win
   --codebook-dtype T     f16 (default) or bf16
   --iters I              k-means iterations (default 20)
   --init I               random (default) or kmeans++
+  --restarts R           k-means runs per matrix from R seeds; the lowest objective is kept
+                         (default 1)
   --group G              RTN group size (default 128)
   --seed S               seed (default 0)
   --no-finetune          skip the block-wise codebook finetuning
@@ -59,8 +62,9 @@ Exit codes: 0 done; 1 bad input or settings; 3 internal error; 75 not finished (
 run again; 130 stopped by SIGINT/SIGTERM (finished units kept).
 `;
 
+/** The embedded default model (and its calibration and held-out texts). */
 function defaultModel(): string {
-  return fileURLToPath(new URL("../../../shared/fixtures/stories260K", import.meta.url));
+  return fileURLToPath(new URL("../../fixtures/kjv-llama", import.meta.url));
 }
 
 function parseOverride(v: string): [LinearKind, MatrixSettings] {
@@ -97,6 +101,7 @@ export async function compressMain(argv: string[]): Promise<number> {
     "codebook-dtype": { type: "string" },
     iters: { type: "string" },
     init: { type: "string" },
+    restarts: { type: "string" },
     group: { type: "string" },
     seed: { type: "string" },
     "eval-text": { type: "string" },
@@ -130,29 +135,19 @@ export async function compressMain(argv: string[]): Promise<number> {
   let bitsArg = values.bits;
   let evalText = values["eval-text"] as string | undefined;
   let evalSeqlen = values["eval-seqlen"];
-  let evalMax = values["eval-max-windows"];
+  const evalMax = values["eval-max-windows"];
   let calib = values.calib as string | undefined;
   if (noArgs) {
     model = defaultModel();
-    if (!existsSync(model)) {
-      throw new UserError(
-        `compress: the default model ${model} is missing (it comes from ../shared)`,
-      );
+    if (!existsSync(`${model}/model.safetensors`)) {
+      throw new UserError(`compress: the embedded default model ${model} is missing`);
     }
-    out = "out/stories260K-cluscomp-3bit";
-    bitsArg = "3";
-    evalText = fileURLToPath(
-      new URL("../../../shared/data/wikitext2/wiki.test.raw", import.meta.url),
-    );
+    out = "out/kjv-llama-2bit";
+    bitsArg = "2";
+    calib = `${model}/calib.txt`;
+    evalText = `${model}/heldout.txt`;
     evalSeqlen = "128";
-    evalMax = "64";
-    calib = fileURLToPath(
-      new URL("../../../shared/data/tinystories/tinystories_val.txt", import.meta.url),
-    );
-    progress.note(
-      "compress",
-      `no arguments: compressing the stories260K fixture (${model}) to 3 bits`,
-    );
+    progress.note("compress", `no arguments: compressing the embedded model ${model} to about 2 bits`);
   }
   if (!model) throw new UserError(`${cmd}: --model is required`);
   if (!out) throw new UserError(`${cmd}: --out is required`);
@@ -186,6 +181,7 @@ export async function compressMain(argv: string[]): Promise<number> {
     iters: intFlag(cmd, values.iters, "iters", 1, 20),
     seed: intFlag(cmd, values.seed, "seed", 0, 0),
     init,
+    restarts: intFlag(cmd, values.restarts, "restarts", 1, 1),
   };
   if (method === "rtn" && bits === undefined) {
     throw new UserError(`${cmd}: --method rtn needs --bits`);

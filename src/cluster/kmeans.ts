@@ -75,6 +75,9 @@ export interface KmeansResult {
 
 const WG = 32;
 const BOUNDS_WG = 256;
+const BIG = 3.40282347e38;
+/** Most centroids bounded one by one (the fastest movers of each pass). */
+const MAX_J = 32;
 const FIRST = 1, LISTED = 2;
 const MAX_RANGE = 60_000;
 /** Cells of the initial k-d order; any power of two up to this makes compact groups. */
@@ -137,6 +140,15 @@ export function expandTemplate(src: string, vars: Record<string, number>): strin
   };
   emit(0, lines.length, vars);
   return out.join("\n");
+}
+
+/** f32 at or below v (v >= 0). */
+function roundDownF32(v: number): number {
+  const f = Math.fround(v);
+  if (f <= v) return f;
+  const b = new Float32Array([f]);
+  new Uint32Array(b.buffer)[0]--;
+  return b[0];
 }
 
 /** f32 at or above v (v >= 0). */
@@ -384,8 +396,6 @@ interface Chunk {
 
 /** Counts of one assignment pass (for tests and benchmarks). */
 export interface PassStats {
-  /** Points that failed the first test and had their upper bound recomputed. */
-  tightened: number;
   /** Points scanned against at least one group. */
   active: number;
   /** Point-group scans. */
@@ -397,14 +407,16 @@ export interface PassStats {
 class Assigner {
   private readonly P: number;
   private readonly G: number;
+  /** Centroids in J (bounded one by one in `bounds`). */
+  private readonly jn: number;
   private readonly scanPipe: GPUComputePipeline;
   private readonly boundsPipe: GPUComputePipeline;
   private readonly finishPipe: GPUComputePipeline;
   private readonly chunks: Chunk[] = [];
   private readonly buffers: GPUBuffer[] = [];
   private readonly cent: GPUBuffer; // [n, d]
-  private readonly moves: GPUBuffer; // [2n + G]: movement, nearest-other gap, group drift
-  private readonly cnt: GPUBuffer; // [chunks, cntStride / 4]: G + 1 list lengths, tightened
+  private readonly moves: GPUBuffer; // see movesTable
+  private readonly cnt: GPUBuffer; // [chunks, cntStride / 4]: G + 1 list lengths
   /** Bytes between chunks' counters: a multiple of 256, which every offset alignment divides. */
   private readonly cntStride: number;
   private readonly zeros: GPUBuffer; // as cnt, all zero
@@ -454,8 +466,13 @@ class Assigner {
       this.chunks.push(mkChunk(r0, Math.min(per, N - r0), this.G));
     }
     this.cent = mk(n * d * 4, "kmeans.centroids");
-    this.moves = mk((2 * n + this.G) * 4, "kmeans.moves");
-    this.cntStride = Math.ceil(((this.G + 2) * 4) / 256) * 256;
+    const fixed = n + 2 * this.G + 1;
+    this.jn = Math.max(
+      0,
+      Math.min(MAX_J, Math.floor(n / 16), Math.floor((gpu.limits.maxBinding / 4 - fixed) / n)),
+    );
+    this.moves = mk((fixed + n * this.jn) * 4, "kmeans.moves");
+    this.cntStride = Math.ceil(((this.G + 1) * 4) / 256) * 256;
     this.cnt = mk(this.chunks.length * this.cntStride, "kmeans.cnt");
     this.zeros = mk(this.chunks.length * this.cntStride, "kmeans.zeros");
     this.gap = accelerate && useGap ? mkChunk(0, n, 1, this.cent) : null;
@@ -500,7 +517,7 @@ class Assigner {
         const c1 = Math.min(g1, c0 + this.range);
         const flags = (list >= 0 ? LISTED : 0) | (list < 0 && c0 === 0 ? FIRST : 0);
         const params = [count, c0, c1, flags, gx, this.n, c.groups, Math.max(0, list) * c.rows];
-        this.gpu.dispatch(this.scanPipe, this.bindings(c, [...params, c.rows]), [gx, gy]);
+        this.gpu.dispatch(this.scanPipe, this.bindings(c, [...params, c.rows, 0]), [gx, gy]);
       }
     }
     this.evals += count * (hi - lo);
@@ -513,7 +530,7 @@ class Assigner {
     const params = [count, 0, 0, listed ? LISTED : 0, gx * BOUNDS_WG, this.n, c.groups];
     this.gpu.dispatch(
       this.finishPipe,
-      this.bindings(c, [...params, c.groups * c.rows, c.rows]).slice(0, 5),
+      this.bindings(c, [...params, c.groups * c.rows, c.rows, 0]).slice(0, 5),
       [gx, gy],
     );
   }
@@ -524,49 +541,82 @@ class Assigner {
     this.finish(c, c.rows, false);
   }
 
+  /**
+   * The `moves` table for `bounds` after centroids moved from `prev` to `cents` (see the shader):
+   * [n] s (zero; the centroid gap pass fills it), [G] each group's largest movement outside J,
+   * [G + 1] where each group's members of J start, [n, jn] lower bounds on |c_a - c_J[k]|. J is
+   * the jn centroids that moved most (ties by lowest index), in index order. Movements are
+   * rounded up to f32 and centroid distances down, so the bounds stay bounds.
+   */
+  private movesTable(cents: Float32Array, prev: Float32Array): Float32Array {
+    const { n, d, G, jn } = this;
+    const mv = new Float32Array(n);
+    for (let j = 0; j < n; j++) {
+      let s = 0;
+      for (let k = 0; k < d; k++) {
+        const t = cents[j * d + k] - prev[j * d + k];
+        s += t * t;
+      }
+      mv[j] = roundUpF32(Math.sqrt(s));
+    }
+    const byMove = Array.from({ length: n }, (_, j) => j);
+    byMove.sort((a, b) => mv[b] - mv[a] || a - b);
+    const J = byMove.slice(0, jn).sort((a, b) => a - b);
+    const inJ = new Uint8Array(n);
+    for (const j of J) inJ[j] = 1;
+    const t = new Float32Array(n + 2 * G + 1 + n * jn);
+    const drift = n, js = n + G, cj = n + 2 * G + 1;
+    let k = 0;
+    for (let g = 0; g < G; g++) {
+      const lo = groupStart(g, n, G), hi = groupStart(g + 1, n, G);
+      let m = 0;
+      for (let j = lo; j < hi; j++) if (!inJ[j]) m = Math.max(m, mv[j]);
+      t[drift + g] = m;
+      t[js + g] = k;
+      while (k < jn && J[k] < hi) k++;
+    }
+    t[js + G] = jn;
+    for (let a = 0; a < n; a++) {
+      for (let q = 0; q < jn; q++) {
+        const j = J[q];
+        let s = 0;
+        for (let e = 0; e < d; e++) {
+          const v = cents[a * d + e] - cents[j * d + e];
+          s += v * v;
+        }
+        t[cj + a * jn + q] = a === j ? BIG : roundDownF32(Math.sqrt(s));
+      }
+    }
+    return t;
+  }
+
   /** Assigns every point to its nearest centroid of `cents`; `prev` is the last assignment's. */
   async assign(cents: Float32Array, prev: Float32Array | null): Promise<Uint32Array> {
-    const { gpu, n, d, G } = this;
+    const { gpu, n, G } = this;
     await gpu.write(this.cent, cents);
     this.passes++;
     const before = this.evals;
-    const stat: PassStats = { tightened: 0, active: 0, listed: 0, evals: 0 };
+    const stat: PassStats = { active: 0, listed: 0, evals: 0 };
     if (!this.accelerate || prev === null) {
       for (const c of this.chunks) this.scanAll(c);
       stat.active = this.N;
       stat.listed = this.N * G;
     } else {
-      // Movements rounded up to f32, and each group's largest.
-      const moves = new Float32Array(2 * n + G);
-      for (let j = 0; j < n; j++) {
-        let s = 0;
-        for (let k = 0; k < d; k++) {
-          const t = cents[j * d + k] - prev[j * d + k];
-          s += t * t;
-        }
-        moves[j] = roundUpF32(Math.sqrt(s));
-      }
-      for (let g = 0; g < G; g++) {
-        let m = 0;
-        for (let j = groupStart(g, n, G); j < groupStart(g + 1, n, G); j++) {
-          m = Math.max(m, moves[j]);
-        }
-        moves[2 * n + g] = m;
-      }
+      const moves = this.movesTable(cents, prev);
       await gpu.write(this.moves, moves);
       if (this.gap) {
         this.scanAll(this.gap);
-        gpu.copy(this.gap.lbs, 0, this.moves, n * 4, n * 4);
+        gpu.copy(this.gap.lbs, 0, this.moves, 0, n * 4);
       }
       gpu.copy(this.zeros, 0, this.cnt, 0, this.chunks.length * this.cntStride);
       for (let i = 0; i < this.chunks.length; i++) {
         const c = this.chunks[i];
         const [gx, gy] = grid(Math.ceil(c.rows / BOUNDS_WG), gpu.limits.maxWorkgroups);
-        const params = [c.rows, 0, 0, 0, gx * BOUNDS_WG, n, c.groups, 0, c.rows];
+        const params = [c.rows, 0, 0, 0, gx * BOUNDS_WG, n, c.groups, 0, c.rows, this.jn];
         gpu.dispatch(this.boundsPipe, [
           ...this.bindings(c, params),
-          { buffer: this.moves, size: (2 * n + G) * 4 },
-          { buffer: this.cnt, offset: i * this.cntStride, size: (G + 2) * 4 },
+          { buffer: this.moves, size: moves.byteLength },
+          { buffer: this.cnt, offset: i * this.cntStride, size: (G + 1) * 4 },
         ], [gx, gy]);
       }
       const counts = new Uint32Array(
@@ -581,9 +631,8 @@ class Assigner {
         }
         this.finish(c, counts[at + G], true);
         stat.active += counts[at + G];
-        stat.tightened += counts[at + G + 1];
-        this.evals += counts[at + G + 1];
       }
+      this.evals += this.N; // the exact distance of each point to its centroid
     }
     const codes = new Uint32Array(this.N);
     for (const c of this.chunks) {

@@ -22,6 +22,8 @@ export interface ClusterSettings {
   iters: number;
   seed: number;
   init: "random" | "kmeans++";
+  /** Seeded k-means runs per matrix; the one with the lowest objective is kept. */
+  restarts: number;
 }
 
 export interface MatrixPlan {

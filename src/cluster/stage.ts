@@ -52,17 +52,21 @@ export async function clusterBlock(
     let objective = 0, evals = 0, brute = 0;
     for (let sp = 0; sp < p.splits; sp++) {
       const part = x.subarray(sp * perSplit * p.d, (sp + 1) * perSplit * p.d);
-      const r = await kmeans(gpu, part, perSplit, p.d, p.n, {
-        iters: s.iters,
-        seed: matrixSeed(s.seed, layer, lin.kind) + sp,
-        init: s.init,
-        onIter: (i, obj) => onMatrix?.(lin.kind, i, obj),
-      });
-      centroids.set(r.centroids, sp * p.n * p.d);
-      codes.set(r.codes, sp * perSplit);
-      objective += r.objective;
-      evals += r.distanceEvals;
-      brute += r.bruteForceEvals;
+      let r: Awaited<ReturnType<typeof kmeans>> | null = null;
+      for (let k = 0; k < s.restarts; k++) {
+        const run = await kmeans(gpu, part, perSplit, p.d, p.n, {
+          iters: s.iters,
+          seed: matrixSeed(s.seed + 7919 * k, layer, lin.kind) + sp,
+          init: s.init,
+          onIter: (i, obj) => onMatrix?.(lin.kind, i, obj),
+        });
+        evals += run.distanceEvals;
+        brute += run.bruteForceEvals;
+        if (!r || run.objective < r.objective) r = run;
+      }
+      centroids.set(r!.centroids, sp * p.n * p.d);
+      codes.set(r!.codes, sp * perSplit);
+      objective += r!.objective;
     }
     const name = lin.name.replace(/\.weight$/, "");
     tensors.push({

@@ -189,6 +189,7 @@ export async function compress(
         iters: s.cluster.iters,
         seed: s.cluster.seed,
         init: s.cluster.init,
+        restarts: s.cluster.restarts,
       }
       : s.rtn,
     finetune: ft ?? null,

@@ -194,6 +194,23 @@ Deno.test("empty clusters are re-seeded from the points of largest error", async
   assertSameRun(got, brute, "accelerated vs brute force with duplicates");
 });
 
+Deno.test("re-seeded centroids (long jumps) keep accelerated equal to brute force", async () => {
+  const gpu = await getGpu();
+  // 400 distinct values among 6000 points and 600 centroids: empty clusters every iteration,
+  // each re-seeded far from where it was, which the group bounds must survive.
+  const d = 4, n = 600, N = 6000;
+  const rng = new Rng(16);
+  const distinct = blobs(400, d, 5, 17);
+  const x = new Float32Array(N * d);
+  for (let i = 0; i < N; i++) {
+    const v = rng.int(400);
+    x.set(distinct.subarray(v * d, v * d + d), i * d);
+  }
+  const fast = await kmeans(gpu, x, N, d, n, { iters: 8, seed: 6 });
+  const slow = await kmeans(gpu, x, N, d, n, { iters: 8, seed: 6, accelerate: false });
+  assertSameRun(fast, slow, "with re-seeding");
+});
+
 Deno.test("update re-seeds empty clusters: largest error first, ties by lowest index", () => {
   // 1-D points; centroids 0 and 10 hold them all, centroids 2 and 3 are empty.
   const x = new Float32Array([0, 1, 4, 9, 10, 6, 4]);

@@ -30,6 +30,7 @@ for (const model of [STORIES, TINYLLAMA]) {
           iters: 3,
           seed: 0,
           init: "random",
+          restarts: 1,
         },
         rtn: { bits: 4, group: 128 },
         finetune: {

@@ -140,7 +140,7 @@ Deno.test({
           /"stage":"cluster","done":\d,"total":5,"block":\d,"resumed":"yes"/g,
         ) ?? []).length;
         assert.equal(resumed, 4, "four cluster blocks resumed");
-        assert.match(again.stderr, /"stage":"cluster","done":3,"total":5,"block":2,"matrix"/);
+        assert.match(again.stderr, /"stage":"cluster","done":3,"total":5,"block":2,"elapsed_s"/);
         assert.ok(!/"stage":"epoch"/.test(again.stderr), "finetune units stay valid");
       },
     );
