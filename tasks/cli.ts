@@ -13,11 +13,11 @@ const COMMANDS: Record<string, (argv: string[]) => Promise<number>> = {
   plan: planMain,
 };
 
-await runMain(async (argv) => {
+await runMain((argv) => {
   const [cmd, ...rest] = argv;
   if (!cmd || cmd === "-h" || cmd === "--help") {
     console.log(`Usage: cluscomp <${Object.keys(COMMANDS).join("|")}> [flags]   (--help on each)`);
-    return 0;
+    return Promise.resolve(0);
   }
   const fn = COMMANDS[cmd];
   if (!fn) {

@@ -147,7 +147,10 @@ export async function compressMain(argv: string[]): Promise<number> {
     calib = `${model}/calib.txt`;
     evalText = `${model}/heldout.txt`;
     evalSeqlen = "128";
-    progress.note("compress", `no arguments: compressing the embedded model ${model} to about 2 bits`);
+    progress.note(
+      "compress",
+      `no arguments: compressing the embedded model ${model} to about 2 bits`,
+    );
   }
   if (!model) throw new UserError(`${cmd}: --model is required`);
   if (!out) throw new UserError(`${cmd}: --out is required`);

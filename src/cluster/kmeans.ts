@@ -383,6 +383,57 @@ function sameBits(a: Float32Array, b: Float32Array): boolean {
   return true;
 }
 
+/** Sizes of one run's GPU state (shared by the Assigner and kmeansGpuBytes). */
+function planBuffers(
+  d: number,
+  n: number,
+  maxBinding: number,
+  accelerate: boolean,
+  maxGroups: number,
+  maxPoints: number,
+) {
+  // Brute force needs no group bounds: one group keeps its dispatches long.
+  const G = accelerate ? groupCount(n, maxGroups) : 1;
+  // Every per-chunk buffer must fit one binding; the active lists are the largest.
+  const fit = Math.floor(maxBinding / (4 * Math.max(d, G + 1, 3)));
+  const rowsPerChunk = Math.max(1, Math.min(maxPoints, fit));
+  const fixed = n + 2 * G + 1;
+  const jn = Math.max(
+    0,
+    Math.min(MAX_J, Math.floor(n / 16), Math.floor((maxBinding / 4 - fixed) / n)),
+  );
+  return {
+    G,
+    jn,
+    rowsPerChunk,
+    movesBytes: (fixed + n * jn) * 4,
+    cntStride: Math.ceil(((G + 1) * 4) / 256) * 256,
+  };
+}
+
+/**
+ * GPU bytes kmeans() allocates for N points of dimension d and n centroids (buffers as created,
+ * before the runtime's rounding to 4 bytes; at most 16 extra bytes per buffer). About
+ * N * (d + 2G + 6) * 4 bytes for the accelerated run with G groups (16 by default).
+ */
+export function kmeansGpuBytes(
+  N: number,
+  d: number,
+  n: number,
+  maxBinding: number,
+  opts: Pick<KmeansOptions, "accelerate" | "maxGroups" | "maxPointsPerDispatch" | "centroidGap"> =
+    {},
+): number {
+  const accelerate = opts.accelerate ?? true;
+  const { maxPoints, maxGroups } = planOptions(opts);
+  const p = planBuffers(d, n, maxBinding, accelerate, maxGroups, maxPoints);
+  const perRow = (G: number, dims: number) => (dims + (G + 1) + 2 + 3 + G) * 4;
+  const chunks = Math.ceil(N / p.rowsPerChunk);
+  let bytes = N * perRow(p.G, d) + n * d * 4 + p.movesBytes + 2 * chunks * p.cntStride;
+  if (accelerate && opts.centroidGap) bytes += n * perRow(1, 0);
+  return bytes;
+}
+
 interface Chunk {
   row0: number;
   rows: number;
@@ -437,8 +488,9 @@ class Assigner {
     maxGroups: number,
   ) {
     this.P = pointsPerInvocation(d);
-    // Brute force needs no group bounds: one group keeps its dispatches long.
-    this.G = accelerate ? groupCount(n, maxGroups) : 1;
+    const plan = planBuffers(d, n, gpu.limits.maxBinding, accelerate, maxGroups, maxPoints);
+    this.G = plan.G;
+    this.jn = plan.jn;
     const src = expandTemplate(code, { D: d, P: this.P, WG });
     const name = `kmeans_d${d}_p${this.P}_w${WG}`;
     this.scanPipe = gpu.pipeline(name, src, "scan");
@@ -459,20 +511,12 @@ class Assigner {
       st: mk(rows * 3 * 4, "kmeans.st"),
       lbs: mk(rows * groups * 4, "kmeans.lbs"),
     });
-    // Every per-chunk buffer must fit one binding; the active lists are the largest.
-    const fit = Math.floor(gpu.limits.maxBinding / (4 * Math.max(d, this.G + 1, 3)));
-    const per = Math.max(1, Math.min(maxPoints, fit));
-    for (let r0 = 0; r0 < N; r0 += per) {
-      this.chunks.push(mkChunk(r0, Math.min(per, N - r0), this.G));
+    for (let r0 = 0; r0 < N; r0 += plan.rowsPerChunk) {
+      this.chunks.push(mkChunk(r0, Math.min(plan.rowsPerChunk, N - r0), this.G));
     }
     this.cent = mk(n * d * 4, "kmeans.centroids");
-    const fixed = n + 2 * this.G + 1;
-    this.jn = Math.max(
-      0,
-      Math.min(MAX_J, Math.floor(n / 16), Math.floor((gpu.limits.maxBinding / 4 - fixed) / n)),
-    );
-    this.moves = mk((fixed + n * this.jn) * 4, "kmeans.moves");
-    this.cntStride = Math.ceil(((this.G + 1) * 4) / 256) * 256;
+    this.moves = mk(plan.movesBytes, "kmeans.moves");
+    this.cntStride = plan.cntStride;
     this.cnt = mk(this.chunks.length * this.cntStride, "kmeans.cnt");
     this.zeros = mk(this.chunks.length * this.cntStride, "kmeans.zeros");
     this.gap = accelerate && useGap ? mkChunk(0, n, 1, this.cent) : null;

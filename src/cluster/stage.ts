@@ -8,6 +8,7 @@ import type { WeightSource } from "../model/weights.ts";
 import { kmeans } from "./kmeans.ts";
 import type { ClusterSettings, MatrixPlan } from "./plan.ts";
 import { rtnQuantize } from "./rtn.ts";
+import { vectorizeT } from "./vectorize.ts";
 
 export interface MatrixFacts {
   kind: LinearKind;
@@ -91,20 +92,6 @@ export async function clusterBlock(
     });
   }
   return { tensors, facts };
-}
-
-/** Cuts W^T [in, out] rows into d-vectors, zero-padding out to a multiple of d. */
-export function vectorizeT(
-  wT: Float32Array,
-  inDim: number,
-  out: number,
-  d: number,
-): { x: Float32Array; N: number } {
-  const cols = Math.ceil(out / d);
-  if (cols * d === out) return { x: wT, N: inDim * cols };
-  const x = new Float32Array(inDim * cols * d);
-  for (let r = 0; r < inDim; r++) x.set(wT.subarray(r * out, (r + 1) * out), r * cols * d);
-  return { x, N: inDim * cols };
 }
 
 /** RTN parts for one block. */

@@ -385,3 +385,11 @@ export function grid(n: number, max = 65535): [number, number] {
   const y = Math.ceil(n / max);
   return [Math.ceil(n / y), y];
 }
+
+/** Throws unless binding `name` of `kernel` holds at least `floats` 4-byte values. */
+export function fits(kernel: string, name: string, r: BufferRange, floats: number): void {
+  const have = r.size ?? r.buffer.size - (r.offset ?? 0);
+  if (have < floats * 4) {
+    throw new Error(`${kernel}: binding ${name} holds ${have} bytes, needs ${floats * 4}`);
+  }
+}

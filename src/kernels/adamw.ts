@@ -1,6 +1,6 @@
 // AdamW with PyTorch's semantics (torch.optim.AdamW), one elementwise step on flat f32 buffers.
 import code from "../../shaders/adamw.wgsl" with { type: "text" };
-import { type BufferRange, f32bits, type Gpu, grid } from "../gpu/device.ts";
+import { type BufferRange, f32bits, fits, type Gpu, grid } from "../gpu/device.ts";
 
 export interface AdamWStep {
   lr: number;
@@ -72,12 +72,5 @@ export function adamw(
       ]),
       ...bufs.map((b) => ({ buffer: b.buffer, offset: (b.offset ?? 0) + e0 * 4, size: count * 4 })),
     ], [gx, gy]);
-  }
-}
-
-function fits(kernel: string, name: string, r: BufferRange, floats: number): void {
-  const have = r.size ?? r.buffer.size - (r.offset ?? 0);
-  if (have < floats * 4) {
-    throw new Error(`${kernel}: binding ${name} holds ${have} bytes, needs ${floats * 4}`);
   }
 }

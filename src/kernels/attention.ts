@@ -2,7 +2,7 @@
 // score and P.V products are matmuls: S^T[h] = K_h Q_h^T ([T keys, T queries]) and
 // O^T[h] = V^T_h P^T[h].
 import code from "../../shaders/attention.wgsl" with { type: "text" };
-import { type BufferRange, f32bits, type Gpu, grid } from "../gpu/device.ts";
+import { type BufferRange, f32bits, fits, type Gpu, grid } from "../gpu/device.ts";
 
 const WG = 64;
 
@@ -42,11 +42,4 @@ export function causalSoftmax(
     new Uint32Array([heads, T, nq, q0, window, f32bits(scale), gx * WG]),
     s,
   ], [gx, gy]);
-}
-
-function fits(kernel: string, name: string, r: BufferRange, floats: number): void {
-  const have = r.size ?? r.buffer.size - (r.offset ?? 0);
-  if (have < floats * 4) {
-    throw new Error(`${kernel}: binding ${name} holds ${have} bytes, needs ${floats * 4}`);
-  }
 }

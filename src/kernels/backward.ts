@@ -7,7 +7,7 @@ import ropeCode from "../../shaders/rope_backward.wgsl" with { type: "text" };
 import softmaxCode from "../../shaders/softmax_backward.wgsl" with { type: "text" };
 import siluCode from "../../shaders/silu_backward.wgsl" with { type: "text" };
 import xentCode from "../../shaders/xent_backward.wgsl" with { type: "text" };
-import { type BufferRange, f32bits, type Gpu, grid } from "../gpu/device.ts";
+import { type BufferRange, f32bits, fits, type Gpu, grid } from "../gpu/device.ts";
 import type { QueryBlock } from "./attention.ts";
 import { buildCodeIndex, type CodeIndex, type GpuCodeIndex, segmentSum } from "./codebook.ts";
 
@@ -287,11 +287,4 @@ export function embedBackward(
   }
   const whole = () => ({ buffer: dx.buffer, offset: dx.offset ?? 0, size: H * T * 4 });
   segmentSum(gpu, tokens, whole, dTable, opts.accumulate ?? false, "embedBackward");
-}
-
-function fits(kernel: string, name: string, r: BufferRange, floats: number): void {
-  const have = r.size ?? r.buffer.size - (r.offset ?? 0);
-  if (have < floats * 4) {
-    throw new Error(`${kernel}: binding ${name} holds ${have} bytes, needs ${floats * 4}`);
-  }
 }

@@ -3,7 +3,7 @@
 // codes (also used for the embedding gradient, see backward.ts embedBackward).
 import decodeCode from "../../shaders/codebook.wgsl" with { type: "text" };
 import gradCode from "../../shaders/codebook_grad.wgsl" with { type: "text" };
-import { type BufferRange, type Gpu, type GpuLimits, grid } from "../gpu/device.ts";
+import { type BufferRange, fits, type Gpu, type GpuLimits, grid } from "../gpu/device.ts";
 import { rowChunks } from "../gpu/tensor.ts";
 
 /** Default and largest number of items one invocation sums (the piece length). */
@@ -385,12 +385,5 @@ export function decodeCodebook(
         wRange,
       ], [gx, Math.min(max, ch.rows - r0)]);
     }
-  }
-}
-
-function fits(kernel: string, name: string, r: BufferRange, floats: number): void {
-  const have = r.size ?? r.buffer.size - (r.offset ?? 0);
-  if (have < floats * 4) {
-    throw new Error(`${kernel}: binding ${name} holds ${have} bytes, needs ${floats * 4}`);
   }
 }

@@ -1,6 +1,6 @@
 // Embedding lookup into feature-major activations, one dispatch per bound row chunk of the table.
 import code from "../../shaders/embedding.wgsl" with { type: "text" };
-import { type BufferRange, type Gpu, grid } from "../gpu/device.ts";
+import { type BufferRange, fits, type Gpu, grid } from "../gpu/device.ts";
 
 const WG = 256;
 
@@ -40,12 +40,5 @@ export function checkIds(ids: ArrayLike<number>, vocab: number, label = "token i
         `${label}: id ${id} at position ${i} is outside the vocabulary [0, ${vocab})`,
       );
     }
-  }
-}
-
-function fits(kernel: string, name: string, r: BufferRange, floats: number): void {
-  const have = r.size ?? r.buffer.size - (r.offset ?? 0);
-  if (have < floats * 4) {
-    throw new Error(`${kernel}: binding ${name} holds ${have} bytes, needs ${floats * 4}`);
   }
 }

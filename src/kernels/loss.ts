@@ -1,6 +1,6 @@
 // Fused log-softmax + NLL over token-major logits, one workgroup per row.
 import code from "../../shaders/loss.wgsl" with { type: "text" };
-import { type BufferRange, type Gpu, grid } from "../gpu/device.ts";
+import { type BufferRange, fits, type Gpu, grid } from "../gpu/device.ts";
 
 /** Target id meaning "no target": the row's loss is written as 0. */
 export const NO_TARGET = 0xffffffff;
@@ -34,11 +34,4 @@ export function nll(
     targets,
     out,
   ], [gx, gy]);
-}
-
-function fits(kernel: string, name: string, r: BufferRange, floats: number): void {
-  const have = r.size ?? r.buffer.size - (r.offset ?? 0);
-  if (have < floats * 4) {
-    throw new Error(`${kernel}: binding ${name} holds ${have} bytes, needs ${floats * 4}`);
-  }
 }

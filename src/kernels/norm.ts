@@ -1,6 +1,6 @@
 // RMSNorm (HF LlamaRMSNorm in f32) over feature-major activations.
 import code from "../../shaders/norm.wgsl" with { type: "text" };
-import { type BufferRange, f32bits, type Gpu, grid } from "../gpu/device.ts";
+import { type BufferRange, f32bits, fits, type Gpu, grid } from "../gpu/device.ts";
 
 const WG = 64;
 
@@ -33,11 +33,4 @@ export function rmsnorm(
     w,
     out,
   ], [gx, gy]);
-}
-
-function fits(kernel: string, name: string, r: BufferRange, floats: number): void {
-  const have = r.size ?? r.buffer.size - (r.offset ?? 0);
-  if (have < floats * 4) {
-    throw new Error(`${kernel}: binding ${name} holds ${have} bytes, needs ${floats * 4}`);
-  }
 }

@@ -1,7 +1,7 @@
 // Rotary position embedding (HF rotate_half layout) on feature-major Q^T / K^T, with cos/sin
 // tables computed on the host from float64 angles.
 import code from "../../shaders/rope.wgsl" with { type: "text" };
-import { type BufferRange, type Gpu, grid } from "../gpu/device.ts";
+import { type BufferRange, fits, type Gpu, grid } from "../gpu/device.ts";
 
 const WG = 64;
 
@@ -54,11 +54,4 @@ export function rope(
     cos,
     sin,
   ], [gx, gy]);
-}
-
-function fits(kernel: string, name: string, r: BufferRange, floats: number): void {
-  const have = r.size ?? r.buffer.size - (r.offset ?? 0);
-  if (have < floats * 4) {
-    throw new Error(`${kernel}: binding ${name} holds ${have} bytes, needs ${floats * 4}`);
-  }
 }

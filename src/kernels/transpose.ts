@@ -1,7 +1,7 @@
 // Batched transpose of row-major f32 matrices, to switch between token-major and feature-major
 // layouts (and between W and W^T).
 import code from "../../shaders/transpose.wgsl" with { type: "text" };
-import { type BufferRange, type Gpu, grid } from "../gpu/device.ts";
+import { type BufferRange, fits, type Gpu, grid } from "../gpu/device.ts";
 
 const WG = 64;
 
@@ -32,11 +32,4 @@ export function transpose(
     { buffer: src.buffer, offset: src.offset ?? 0, size: n * 4 },
     { buffer: dst.buffer, offset: dst.offset ?? 0, size: n * 4 },
   ], [gx, gy]);
-}
-
-function fits(kernel: string, name: string, r: BufferRange, floats: number): void {
-  const have = r.size ?? r.buffer.size - (r.offset ?? 0);
-  if (have < floats * 4) {
-    throw new Error(`${kernel}: binding ${name} holds ${have} bytes, needs ${floats * 4}`);
-  }
 }

@@ -11,13 +11,13 @@ import {
   planMatrices,
 } from "../cluster/plan.ts";
 import { rtnBits } from "../cluster/rtn.ts";
+import { vectorizeT } from "../cluster/vectorize.ts";
 import {
   clusterBlock,
   type MatrixFacts,
   matrixSeed,
   rtnBlock,
   storedCodebook,
-  vectorizeT,
 } from "../cluster/stage.ts";
 import { UserError } from "../errors.ts";
 import { type EvalResult, evaluatePerplexity } from "../eval/perplexity.ts";

@@ -5,6 +5,7 @@ import {
   expandTemplate,
   initCentroids,
   kmeans,
+  kmeansGpuBytes,
   type KmeansResult,
   updateCentroids,
 } from "../../src/cluster/kmeans.ts";
@@ -236,6 +237,20 @@ Deno.test("initialisation: distinct seeded points; kmeans++ matches the referenc
   for (let i = 0; i < N; i++) if (got.codes[i] !== want.codes[i]) mismatches++;
   assert.ok(mismatches <= 2, `${mismatches} mismatches`);
   assertClose(got.centroids, want.centroids, 1e-6, 1e-5, "kmeans++ centroids");
+});
+
+Deno.test("kmeansGpuBytes predicts the GPU memory a run allocates", async () => {
+  const gpu = await getGpu();
+  const x = blobs(5000, 4, 10, 18);
+  for (
+    const opts of [{}, { accelerate: false }, { centroidGap: true, maxPointsPerDispatch: 999 }]
+  ) {
+    const live = gpu.bytesLive;
+    gpu.bytesPeak = live;
+    await kmeans(gpu, x, 5000, 4, 300, { iters: 1, ...opts });
+    assert.equal(gpu.bytesPeak - live, kmeansGpuBytes(5000, 4, 300, gpu.limits.maxBinding, opts));
+    assert.equal(gpu.bytesLive, live, "every buffer released");
+  }
 });
 
 Deno.test("shader template expands nested //#for blocks", () => {
