@@ -1,6 +1,7 @@
 // K-means (squared L2): nearest-centroid scans over centroid ranges, and the bound filter
-// (Hamerly's upper bound, Yinyang's lower bound per centroid group) that decides which points
-// need which groups scanned.
+// (exact distance to the current centroid, Yinyang's lower bound per centroid group carried
+// between iterations, per-centroid bounds for the fastest movers) that decides which points need
+// which groups scanned.
 //
 // This file is a template that src/cluster/kmeans.ts expands once per (D, P, WG): `${D}`, `${P}`
 // and `${WG}` become the vector dimension, the points each scan invocation holds and the scan
@@ -55,7 +56,7 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> list: array<u32>;   // [G + 1, rows] active lists
 @group(0) @binding(2) var<storage, read_write> code: array<u32>;   // [2, rows] I; a | OWN
-@group(0) @binding(3) var<storage, read_write> st: array<f32>;     // [3, rows] B or u; S; e(a)
+@group(0) @binding(3) var<storage, read_write> st: array<f32>;     // [3, rows] B; S; e(a)
 @group(0) @binding(4) var<storage, read_write> lbs: array<f32>;    // [G, rows] group bounds
 @group(0) @binding(5) var<storage, read> x: array<f32>;            // [rows, D] points
 @group(0) @binding(6) var<storage, read> cent: array<f32>;         // [n, D] centroids

@@ -6,20 +6,22 @@
 // invocation runs into Mesa's 65,535-iteration loop cap, and the points are bound in chunks that
 // fit maxStorageBufferBindingSize.
 //
-// Acceleration, exact (Hamerly 2010's upper bound with Ding et al. 2015's group lower bounds):
-// the initial centroids are put in k-d order so that G index ranges ("groups") are compact in
-// space. Each point keeps an upper bound u on the distance to its centroid a and, per group, a
-// lower bound on the distance to every centroid of the group other than a, carried between
-// iterations. When centroids move, u grows by a's movement and each group's bound shrinks by the
-// group's largest movement (one far-flung centroid only hurts its own group, where Hamerly's
-// single bound would shrink by the global maximum for every point). s(a), half the distance from
-// a to its nearest other centroid, is an optional extra lower bound. A point whose u is below
-// all of them provably keeps a; otherwise u is recomputed exactly and, if the test still fails,
-// the point joins (by an atomic counter on the GPU) the active list of each group whose bound
-// is not above u, plus a's own group; only those lists are scanned against those groups.
-// Bounds made from f32 distances are widened by more than the f32 rounding error (see the
-// shader), so a group or point is skipped only when brute force's f32 scan would also not pick
-// it: codes equal brute-force Lloyd's from the same initialisation.
+// Acceleration, exact (Ding et al. 2015's Yinyang group bounds, Hamerly 2010's upper bound and
+// centroid gap): the initial centroids are put in k-d order so that G index ranges ("groups",
+// 16 by default) are compact in space. Each point carries, between iterations, one lower bound
+// per group on the distance to every centroid of the group other than its own centroid a. Each
+// pass computes u = |x - c_a| exactly (one distance per point) and shrinks each group's bound by
+// the group's largest centroid movement, except for the J (32) centroids that moved most in the
+// whole run: those are bounded one by one through |x - c_j| >= |c_a - c_j| - u, with the
+// centroid distances tabulated on the host, so that a few far-flung centroids (tails, re-seeded
+// empty clusters) do not collapse every bound. s(a), half the distance from a to its nearest
+// other centroid (n^2 distances per pass), is an optional extra bound. A point whose u is below
+// every bound provably keeps a; any other point joins (through atomic counters on the GPU) the
+// active list of each group whose bound is not above u, and only those lists are scanned, each
+// against its group, with host-sized dispatches. Bounds made from f32 distances are widened by
+// more than the f32 rounding error (see the shader), so a group or point is skipped only when
+// brute force's f32 scan would not pick it either: codes equal brute-force Lloyd's from the same
+// initialisation, which the tests check bit for bit.
 //
 // Determinism: a point's scan result does not depend on its slot, list position or dispatch;
 // every point meets centroids in increasing index order and ties go to the lowest index; the

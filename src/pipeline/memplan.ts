@@ -1,6 +1,6 @@
 // The memory plan: peak GPU and host bytes per stage, from the same sizes the stages allocate
 // (BlockScratch, BackwardScratch, the student block, k-means' buffers, the eval batches).
-import { groupCount } from "../cluster/kmeans.ts";
+import { kmeansGpuBytes } from "../cluster/kmeans.ts";
 import type { ModelConfig } from "../io/config.ts";
 import { linearNames } from "../io/config.ts";
 import { blockBytes, BlockScratch } from "../model/block.ts";
@@ -30,21 +30,6 @@ export interface StagePlan {
 
 /** Bytes the runtime allocates for a buffer of `n` bytes (rounded up to 4, at least 16). */
 const buf = (n: number) => Math.max(16, Math.ceil(n / 4) * 4);
-
-/** k-means' GPU buffers for N points (see KmeansState in src/cluster/kmeans.ts). */
-export function kmeansGpuBytes(N: number, d: number, n: number, maxBinding: number): number {
-  const G = groupCount(n);
-  const per = Math.max(1, Math.floor(maxBinding / (4 * Math.max(d, G + 1, 3))));
-  let bytes = 0, chunks = 0;
-  for (let r0 = 0; r0 < N; r0 += per) {
-    const rows = Math.min(per, N - r0);
-    bytes += buf(rows * d * 4) + buf(rows * (G + 1) * 4) + buf(rows * 8) + buf(rows * 12) +
-      buf(rows * G * 4);
-    chunks++;
-  }
-  const stride = Math.ceil(((G + 2) * 4) / 256) * 256;
-  return bytes + buf(n * d * 4) + buf((2 * n + G) * 4) + 2 * buf(chunks * stride);
-}
 
 /** The student block of finetuning for one window of T tokens (src/finetune/student.ts). */
 export function studentGpuBytes(

@@ -45,7 +45,8 @@ export function reportMarkdown(r: CompressResult): string {
     );
     out.push("| model | bits per weight | ppl |", "| --- | --- | --- |");
     out.push(`| original | 16 | ${fmt(e.original.ppl)} |`);
-    out.push(`| ${r.method} | ${fmt(r.bits_per_weight, 3)} | ${fmt(e.compressed.ppl)} |`, "");
+    const label = r.finetune ? `${r.method} + finetune` : r.method;
+    out.push(`| ${label} | ${fmt(r.bits_per_weight, 3)} | ${fmt(e.compressed.ppl)} |`, "");
   }
   out.push("## Per block", "");
   if (r.finetune) {
