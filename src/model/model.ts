@@ -87,7 +87,7 @@ export class LlamaModel {
   /** Windows per GPU batch: every activation of the batch must fit one binding. */
   batchWindows(seqlen: number): number {
     const c = this.cfg;
-    const widest = Math.max(c.hidden, c.heads * c.headDim, c.vocab > 0 ? 1 : 1);
+    const widest = Math.max(c.hidden, c.heads * c.headDim);
     const byBinding = Math.floor(this.gpu.limits.maxBinding / 4 / (widest * seqlen));
     // Wider batches make faster matmuls; 8k tokens is plenty.
     return Math.max(1, Math.min(byBinding, Math.floor(8192 / seqlen)));
@@ -138,7 +138,7 @@ export class LlamaModel {
         const first = s0 === 0 && opts.onHidden;
         if (first) await opts.onHidden!(-1, acts[0], scratch);
         for (let l = 0; l < cfg.layers; l++) {
-          const block = await this.block(l, allResident);
+          const block = await this.block(l);
           for (const x of acts) forwardBlock(gpu, block, x, scratch);
           if (!allResident) {
             await gpu.sync();
@@ -217,13 +217,13 @@ export class LlamaModel {
     }
   }
 
-  private async block(l: number, keep: boolean): Promise<BlockWeights> {
+  /** Block l's weights, uploaded unless resident. */
+  private async block(l: number): Promise<BlockWeights> {
     let b = this.blocks.get(l);
     if (!b) {
       b = await uploadBlock(this.gpu, this.cfg, this.src, l);
       this.blocks.set(l, b);
     }
-    void keep;
     return b;
   }
 }

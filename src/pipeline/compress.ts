@@ -38,6 +38,7 @@ import {
 import { openModel } from "../model/open.ts";
 import type { WeightSource } from "../model/weights.ts";
 import { Rng } from "../util/rng.ts";
+import { writeFileAtomic } from "./atomic.ts";
 import { sha256 } from "./hash.ts";
 import type { Progress } from "./progress.ts";
 import { RunControl } from "./control.ts";
@@ -158,10 +159,15 @@ export async function compress(
   const m = await openModel(s.model);
   const tokenizer = await Tokenizer.load(s.model);
   const { cfg, source, index } = m;
+  const inputs = await inputsHash(s.model, index.files);
   let plan: MatrixPlan[] | undefined;
   let bits: { total: number; stored: number };
   if (s.method === "cluscomp") {
-    plan = await planMatrices(cfg, s.cluster, sampleErrorFn(cfg, source, s.cluster.seed));
+    plan = await cachedPlan(
+      s,
+      inputs,
+      () => planMatrices(cfg, s.cluster, sampleErrorFn(cfg, source, s.cluster.seed)),
+    );
     bits = overallBits(plan);
     progress.note(
       "plan",
@@ -354,6 +360,30 @@ export async function compress(
     index.close();
   }
   return result;
+}
+
+/**
+ * The (d, n) plan, kept beside the work directory's units so a resumed run does not repeat the
+ * sample k-means of a --bits search. Keyed by the cluster settings and the inputs; deterministic.
+ */
+async function cachedPlan(
+  s: CompressSettings,
+  inputs: string,
+  make: () => Promise<MatrixPlan[]>,
+): Promise<MatrixPlan[]> {
+  const key = await sha256(JSON.stringify([s.cluster, inputs]));
+  const path = join(s.work, "plans", `${key.slice(0, 32)}.json`);
+  if (existsSync(path)) {
+    try {
+      return JSON.parse(await Deno.readTextFile(path));
+    } catch {
+      // unreadable: plan again
+    }
+  }
+  const plan = await make();
+  await Deno.mkdir(dirname(path), { recursive: true });
+  await writeFileAtomic(path, new TextEncoder().encode(JSON.stringify(plan)));
+  return plan;
 }
 
 /** An evaluation kept as a work unit, so a resumed run does not repeat it. */
