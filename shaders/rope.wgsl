@@ -4,6 +4,9 @@
 //   x[d + half] = x[d + headDim/2] * c + x[d] * s
 // One invocation per (d, t) loads its cos/sin once and loops over the heads (nHeads iterations);
 // neighbouring lanes are neighbouring tokens, so the x loads and stores are coalesced.
+// With SIGN = -1 it rotates by the negative angle: the backward pass, in place on the gradient.
+
+override SIGN: f32 = 1.0;
 
 struct Params {
   nHeads: u32,
@@ -27,7 +30,7 @@ fn rope(@builtin(global_invocation_id) g: vec3<u32>) {
   let d = id / p.T;
   let t = id % p.T;
   let c = cosT[t * hd2 + d];
-  let s = sinT[t * hd2 + d];
+  let s = SIGN * sinT[t * hd2 + d];
   let off = hd2 * p.T;
   for (var h = 0u; h < p.nHeads; h++) {
     let i1 = (h * p.headDim + d) * p.T + t;

@@ -3,7 +3,7 @@
 // forward kernels (feature-major activations, transposed attention scores, token-major logits).
 import normCode from "../../shaders/norm_backward.wgsl" with { type: "text" };
 import dwCode from "../../shaders/norm_dw.wgsl" with { type: "text" };
-import ropeCode from "../../shaders/rope_backward.wgsl" with { type: "text" };
+import ropeCode from "../../shaders/rope.wgsl" with { type: "text" };
 import softmaxCode from "../../shaders/softmax_backward.wgsl" with { type: "text" };
 import siluCode from "../../shaders/silu_backward.wgsl" with { type: "text" };
 import xentCode from "../../shaders/xent_backward.wgsl" with { type: "text" };
@@ -101,7 +101,8 @@ export function ropeBackward(
   fits("ropeBackward", "cos", cos, T * half);
   fits("ropeBackward", "sin", sin, T * half);
   const [gx, gy] = grid(Math.ceil((half * T) / 64), gpu.limits.maxWorkgroups);
-  gpu.dispatch(gpu.pipeline("rope_backward", ropeCode, "rope_backward"), [
+  // The forward shader rotating by the negative angle.
+  gpu.dispatch(gpu.pipeline("rope", ropeCode, "rope", { SIGN: -1 }), [
     new Uint32Array([nHeads, headDim, T, gx * 64]),
     g,
     cos,
