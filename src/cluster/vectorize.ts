@@ -1,6 +1,7 @@
 // ClusComp's vectors: W^T (in x out) cut row by row into d consecutive output-channel weights,
 // each row zero-padded from out to ceil(out / d) * d. Vector r * ceil(out / d) + b holds
 // W[b * d .. b * d + d - 1, r]. Decoding is W^T = C[codes].reshape(in, -1)[:, :out].
+import { transpose } from "../util/matrix.ts";
 
 /** Codes as stored: u8 for n <= 256, u16 for n <= 65,536, u32 otherwise. */
 export type Codes = Uint32Array | Uint16Array | Uint8Array;
@@ -102,15 +103,5 @@ export function decodeW(
   out: number,
   d: number,
 ): Float32Array {
-  const cols = checkCodes(centroids, codes, inDim, out, d);
-  const w = new Float32Array(out * inDim);
-  for (let r = 0; r < inDim; r++) {
-    for (let b = 0; b < cols; b++) {
-      const c = codes[r * cols + b] * d;
-      const o0 = b * d;
-      const m = Math.min(d, out - o0);
-      for (let k = 0; k < m; k++) w[(o0 + k) * inDim + r] = centroids[c + k];
-    }
-  }
-  return w;
+  return transpose(decodeT(centroids, codes, inDim, out, d), inDim, out);
 }

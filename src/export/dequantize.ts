@@ -6,7 +6,7 @@ import { type TensorBytes, writeCompressedModel } from "../format/compressed.ts"
 import { linearNames } from "../io/config.ts";
 import { f32ToBf16Bytes, f32ToF16Bytes } from "../io/safetensors.ts";
 import { openModel } from "../model/open.ts";
-import { transpose } from "../model/weights.ts";
+import { transpose } from "../util/matrix.ts";
 import type { Progress } from "../pipeline/progress.ts";
 
 export async function dequantize(inDir: string, outDir: string, progress: Progress): Promise<void> {

@@ -105,21 +105,20 @@ export async function finetune(inp: FinetuneInput): Promise<BlockReport[]> {
   const H = cfg.hidden, T = inp.train[0].length;
   const windows = [...inp.train, ...inp.heldOut];
   const nTrain = inp.train.length;
-  const table = await src.tensor("model.embed_tokens.weight");
-  let student: Float32Array[] = windows.map((w) => embedWindow(table, w, H));
-  let teacher: Float32Array[] = student;
+  let student: Float32Array[] = [], teacher: Float32Array[] = [];
   const reports: BlockReport[] = [];
   const rope = ropeTables(ropeInvFreq(cfg), T);
+  // The inputs of the next block to run come from the last finished block's unit (read only
+  // then), or, before block 0, from the embeddings.
+  let resumeFrom: { unit: string; file: string } | null = null;
+  let ready = false;
 
   for (let l = 0; l < cfg.layers; l++) {
     const unit = finetuneUnit(l);
     const done = await work.done(unit);
     if (done) {
-      const t = decodeSafetensors(await work.read(unit), work.path(done.file));
-      const get = (name: string) => f32(t.find((x) => x.name === name)!);
-      const so = get("student_out"), to = get("teacher_out");
-      student = windows.map((_, i) => so.slice(i * H * T, (i + 1) * H * T));
-      teacher = windows.map((_, i) => to.slice(i * H * T, (i + 1) * H * T));
+      resumeFrom = { unit, file: done.file };
+      ready = false;
       reports.push(done.info!.report as BlockReport);
       progress.update({
         stage: "finetune",
@@ -129,6 +128,19 @@ export async function finetune(inp: FinetuneInput): Promise<BlockReport[]> {
         resumed: "yes",
       });
       continue;
+    }
+    if (!ready) {
+      if (resumeFrom) {
+        const t = decodeSafetensors(await work.read(resumeFrom.unit), work.path(resumeFrom.file));
+        const get = (name: string) => f32(t.find((x) => x.name === name)!);
+        const so = get("student_out"), to = get("teacher_out");
+        student = windows.map((_, i) => so.slice(i * H * T, (i + 1) * H * T));
+        teacher = windows.map((_, i) => to.slice(i * H * T, (i + 1) * H * T));
+      } else {
+        const table = await src.tensor("model.embed_tokens.weight");
+        student = teacher = windows.map((w) => embedWindow(table, w, H));
+      }
+      ready = true;
     }
     inp.checkpoint?.();
     const r = await finetuneBlock(inp, l, student, teacher, nTrain, T, rope);

@@ -8,7 +8,8 @@ import { rtnDequantize } from "../cluster/rtn.ts";
 import { UserError } from "../errors.ts";
 import { type LinearKind, linearNames, type ModelConfig } from "../io/config.ts";
 import { type Dtype, SafetensorsIndex, writeSafetensors } from "../io/safetensors.ts";
-import { transpose, type WeightSource } from "../model/weights.ts";
+import type { WeightSource } from "../model/weights.ts";
+import { transpose } from "../util/matrix.ts";
 
 export interface ClusterModule {
   d: number;

@@ -22,6 +22,13 @@ import type { BlockScratch, BlockWeights, KeptActivations } from "./block.ts";
 export class BackwardScratch {
   readonly t: Record<string, Tensor> = {};
   constructor(readonly gpu: Gpu, readonly cfg: ModelConfig, readonly T: number, headGroup: number) {
+    for (const [name, shape] of BackwardScratch.shapes(cfg, T, headGroup)) {
+      this.t[name] = Tensor.empty(gpu, shape, `backward.${name}`);
+    }
+  }
+
+  /** The buffers' names and shapes (also what the memory plan counts). */
+  static shapes(cfg: ModelConfig, T: number, headGroup: number): [string, number[]][] {
     const H = cfg.hidden, I = cfg.intermediate, hd = cfg.headDim;
     const qd = cfg.heads * hd, kvd = cfg.kvHeads * hd;
     let maxW = 0;
@@ -30,7 +37,7 @@ export class BackwardScratch {
       maxW = Math.max(maxW, l.in * l.out);
     }
     const widest = Math.max(H, I, qd);
-    const shapes: [string, number[]][] = [
+    return [
       ["dx2", [H, T]],
       ["dh", [H, T]],
       ["da", [I, T]],
@@ -46,7 +53,6 @@ export class BackwardScratch {
       ["dwT", [maxW]],
       ["rstd", [T]],
     ];
-    for (const [name, shape] of shapes) this.t[name] = Tensor.empty(gpu, shape, `backward.${name}`);
   }
 
   release(): void {

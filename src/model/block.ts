@@ -90,10 +90,13 @@ export class BlockScratch {
     sin: Tensor,
   ) {
     const n = this.n = windows * seqlen;
-    const maxFloats = Math.floor(gpu.limits.maxBinding / 4);
     const qDim = cfg.heads * cfg.headDim, kvDim = cfg.kvHeads * cfg.headDim;
-    this.mlpChunk = Math.max(1, Math.min(n, Math.floor(maxFloats / cfg.intermediate)));
-    this.headGroup = Math.max(1, Math.min(cfg.heads, Math.floor(maxFloats / (seqlen * seqlen))));
+    ({ mlpChunk: this.mlpChunk, headGroup: this.headGroup } = BlockScratch.split(
+      cfg,
+      n,
+      seqlen,
+      gpu.limits.maxBinding,
+    ));
     this.h = Tensor.empty(gpu, [cfg.hidden, n], "h");
     this.q = Tensor.empty(gpu, [qDim, n], "q");
     this.k = Tensor.empty(gpu, [kvDim, n], "k");
@@ -131,13 +134,28 @@ export class BlockScratch {
     );
   }
 
+  /**
+   * Tokens per MLP chunk ([intermediate, chunk] fits one binding) and heads per attention-score
+   * group ([heads, T, T] fits one binding) for n tokens in windows of seqlen.
+   */
+  static split(
+    cfg: ModelConfig,
+    n: number,
+    seqlen: number,
+    maxBinding: number,
+  ): { mlpChunk: number; headGroup: number } {
+    const maxFloats = Math.floor(maxBinding / 4);
+    return {
+      mlpChunk: Math.max(1, Math.min(n, Math.floor(maxFloats / cfg.intermediate))),
+      headGroup: Math.max(1, Math.min(cfg.heads, Math.floor(maxFloats / (seqlen * seqlen)))),
+    };
+  }
+
   /** Bytes the scratch holds for these sizes (used by the memory plan). */
   static bytes(cfg: ModelConfig, windows: number, seqlen: number, maxBinding: number): number {
     const n = windows * seqlen;
-    const maxFloats = Math.floor(maxBinding / 4);
     const qDim = cfg.heads * cfg.headDim, kvDim = cfg.kvHeads * cfg.headDim;
-    const chunk = Math.max(1, Math.min(n, Math.floor(maxFloats / cfg.intermediate)));
-    const group = Math.max(1, Math.min(cfg.heads, Math.floor(maxFloats / (seqlen * seqlen))));
+    const { mlpChunk: chunk, headGroup: group } = BlockScratch.split(cfg, n, seqlen, maxBinding);
     const floats = cfg.hidden * n + 2 * qDim * n + 2 * kvDim * n + group * seqlen * seqlen +
       2 * cfg.intermediate * chunk + n * cfg.headDim;
     return floats * 4;

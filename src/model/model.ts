@@ -42,6 +42,36 @@ export interface ModelOptions {
   gpuBudget?: number;
 }
 
+/**
+ * How evaluation sizes its GPU work, shared with the memory plan: windows per batch (every
+ * activation of a batch fits one binding; 8k tokens is plenty for fast matmuls), whether all
+ * blocks stay resident in the budget, batches per superbatch (what the activations may use after
+ * one or all blocks), logit rows per chunk, and the bytes this holds.
+ */
+export function evalPlan(
+  cfg: ModelConfig,
+  seqlen: number,
+  windows: number,
+  budget: number,
+  maxBinding: number,
+): { B: number; resident: boolean; perSuper: number; logitRows: number; bytes: number } {
+  const widest = Math.max(cfg.hidden, cfg.heads * cfg.headDim);
+  const byBinding = Math.floor(maxBinding / 4 / (widest * seqlen));
+  const B = Math.min(windows, Math.max(1, Math.min(byBinding, Math.floor(8192 / seqlen))));
+  const actBytes = cfg.hidden * B * seqlen * 4;
+  const fixed = 2 * cfg.vocab * cfg.hidden * 4 + BlockScratch.bytes(cfg, B, seqlen, maxBinding);
+  const perBlock = blockBytes(cfg);
+  const resident = fixed + cfg.layers * perBlock + actBytes <= budget;
+  const room = budget - fixed - (resident ? cfg.layers : 1) * perBlock;
+  const batches = Math.ceil(windows / B);
+  const perSuper = Math.max(1, Math.min(batches, Math.floor(room / actBytes)));
+  const logitRows = Math.max(1, Math.min(B * seqlen, Math.floor(maxBinding / 4 / cfg.vocab)));
+  const buf = (n: number) => Math.max(16, Math.ceil(n / 4) * 4);
+  const bytes = fixed + buf(cfg.hidden * 4) + (resident ? cfg.layers : 1) * perBlock +
+    perSuper * actBytes + 3 * buf(B * seqlen * 4) + buf(logitRows * cfg.vocab * 4);
+  return { B, resident, perSuper, logitRows, bytes };
+}
+
 export class LlamaModel {
   private blocks = new Map<number, BlockWeights>();
   private constructor(
@@ -84,15 +114,6 @@ export class LlamaModel {
     this.finalNorm.release();
   }
 
-  /** Windows per GPU batch: every activation of the batch must fit one binding. */
-  batchWindows(seqlen: number): number {
-    const c = this.cfg;
-    const widest = Math.max(c.hidden, c.heads * c.headDim);
-    const byBinding = Math.floor(this.gpu.limits.maxBinding / 4 / (widest * seqlen));
-    // Wider batches make faster matmuls; 8k tokens is plenty.
-    return Math.max(1, Math.min(byBinding, Math.floor(8192 / seqlen)));
-  }
-
   /** Mean-NLL bookkeeping over GPTQ windows (each of the same length). */
   async nll(windows: Int32Array[], opts: NllOptions = {}): Promise<NllResult> {
     const gpu = this.gpu, cfg = this.cfg;
@@ -102,16 +123,14 @@ export class LlamaModel {
       if (w.length !== T) throw new Error("all windows must have the same length");
       checkIds(w, cfg.vocab);
     }
-    const B = Math.min(this.batchWindows(T), windows.length);
+    const { B, resident: allResident, perSuper, logitRows } = evalPlan(
+      cfg,
+      T,
+      windows.length,
+      this.budget,
+      gpu.limits.maxBinding,
+    );
     const scratch = await BlockScratch.create(gpu, cfg, B, T, ropeTables(ropeInvFreq(cfg), T));
-    const actBytes = cfg.hidden * B * T * 4;
-    const fixed = this.embedding.bytes + this.lmHeadT.bytes +
-      BlockScratch.bytes(cfg, B, T, gpu.limits.maxBinding);
-    const perBlock = blockBytes(cfg);
-    const allResident = fixed + cfg.layers * perBlock + actBytes <= this.budget;
-    // Batches per superbatch: what the activations may use after one (or all) blocks.
-    const room = this.budget - fixed - (allResident ? cfg.layers : 1) * perBlock;
-    const perSuper = Math.max(1, Math.floor(room / actBytes));
     const batches: Int32Array[][] = [];
     for (let i = 0; i < windows.length; i += B) batches.push(windows.slice(i, i + B));
 
@@ -120,10 +139,6 @@ export class LlamaModel {
     const ids = Tensor.empty(gpu, [B * T], "ids", "u32");
     const targets = Tensor.empty(gpu, [B * T], "targets", "u32");
     const nllOut = Tensor.empty(gpu, [B * T], "nll");
-    const logitRows = Math.max(
-      1,
-      Math.min(B * T, Math.floor(gpu.limits.maxBinding / 4 / cfg.vocab)),
-    );
     const logits = Tensor.empty(gpu, [logitRows, cfg.vocab], "logits");
     try {
       for (let s0 = 0; s0 < batches.length; s0 += perSuper) {

@@ -7,6 +7,7 @@ import {
   type ModelConfig,
 } from "../io/config.ts";
 import type { SafetensorsIndex } from "../io/safetensors.ts";
+import { transpose } from "../util/matrix.ts";
 
 export { LINEAR_KINDS as LINEARS } from "../io/config.ts";
 export type LinearName = LinearKind;
@@ -23,22 +24,6 @@ export interface WeightSource {
   tensor(name: string): Promise<Float32Array>;
   /** lm_head^T [hidden, vocab] (the embedding transposed when tied). */
   lmHeadT(): Promise<Float32Array>;
-}
-
-/** Transposes a row-major [rows, cols] matrix. */
-export function transpose(w: Float32Array, rows: number, cols: number): Float32Array {
-  const out = new Float32Array(w.length);
-  const B = 64;
-  for (let r0 = 0; r0 < rows; r0 += B) {
-    const r1 = Math.min(rows, r0 + B);
-    for (let c0 = 0; c0 < cols; c0 += B) {
-      const c1 = Math.min(cols, c0 + B);
-      for (let r = r0; r < r1; r++) {
-        for (let c = c0; c < c1; c++) out[c * rows + r] = w[r * cols + c];
-      }
-    }
-  }
-  return out;
 }
 
 /** Weights read one tensor at a time from a safetensors checkpoint. */

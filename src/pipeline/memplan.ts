@@ -3,7 +3,9 @@
 import { kmeansGpuBytes } from "../cluster/kmeans.ts";
 import type { ModelConfig } from "../io/config.ts";
 import { linearNames } from "../io/config.ts";
+import { BackwardScratch } from "../model/backward.ts";
 import { blockBytes, BlockScratch } from "../model/block.ts";
+import { evalPlan } from "../model/model.ts";
 
 export interface MemoryPlanSettings {
   d: number;
@@ -40,9 +42,8 @@ export function studentGpuBytes(
   splits: number,
   maxBinding: number,
 ): number {
-  const H = cfg.hidden, I = cfg.intermediate, hd = cfg.headDim;
-  const qd = cfg.heads * hd, kvd = cfg.kvHeads * hd;
-  let bytes = 0, maxW = 0;
+  const H = cfg.hidden, I = cfg.intermediate;
+  let bytes = 0;
   for (const lin of linearNames(0, cfg)) {
     const cols = Math.ceil(lin.out / d), items = lin.in * cols, entries = splits * n;
     // codebook, adam m and v, gradient; codes; W^T and W
@@ -50,15 +51,11 @@ export function studentGpuBytes(
     // code index: piece triples + slot offsets, items, partial sums (pieces of 4096 items)
     const pieces = Math.ceil(items / 4096) + entries;
     bytes += buf((3 * pieces + entries + 1) * 4) + buf(items * 4) + buf(pieces * d * 4);
-    maxW = Math.max(maxW, lin.in * lin.out);
   }
   const scratch = BlockScratch.bytes(cfg, 1, T, maxBinding);
-  const group = Math.max(1, Math.min(cfg.heads, Math.floor(maxBinding / 4 / (T * T))));
-  const widest = Math.max(H, I, qd);
-  const backward = [H * T, H * T, I * T, qd * T, T * qd, qd * T, kvd * T, T * kvd, kvd * T]
-    .reduce((a, x) => a + buf(x * 4), 0) +
-    2 * buf(T * widest * 4) + buf(group * T * T * 4) +
-    buf(maxW * 4) + buf(T * 4);
+  const group = BlockScratch.split(cfg, T, T, maxBinding).headGroup;
+  const backward = BackwardScratch.shapes(cfg, T, group)
+    .reduce((a, [, shape]) => a + buf(shape.reduce((x, y) => x * y, 1) * 4), 0);
   const kept = 3 * buf(H * T * 4) + buf(I * T * 4);
   const own = 2 * buf(H * T * 4) + buf(T * 4) + 2 * buf(H * 4) + 3 * buf(H * T * 4);
   return bytes + scratch + backward + kept + own;
@@ -67,37 +64,6 @@ export function studentGpuBytes(
 /** The full-precision teacher block on one window. */
 export function teacherGpuBytes(cfg: ModelConfig, T: number, maxBinding: number): number {
   return blockBytes(cfg) + BlockScratch.bytes(cfg, 1, T, maxBinding) + buf(cfg.hidden * T * 4);
-}
-
-/** Evaluation: embeddings, LM head, scratch, resident blocks and the windows' activations. */
-export function evalGpuBytes(
-  cfg: ModelConfig,
-  seqlen: number,
-  windows: number,
-  budget: number,
-  maxBinding: number,
-): { bytes: number; resident: boolean } {
-  const widest = Math.max(cfg.hidden, cfg.heads * cfg.headDim);
-  const B = Math.min(
-    windows,
-    Math.max(
-      1,
-      Math.min(Math.floor(maxBinding / 4 / (widest * seqlen)), Math.floor(8192 / seqlen)),
-    ),
-  );
-  const fixed = 2 * cfg.vocab * cfg.hidden * 4 + buf(cfg.hidden * 4) +
-    BlockScratch.bytes(cfg, B, seqlen, maxBinding);
-  const actBytes = cfg.hidden * B * seqlen * 4;
-  const resident = fixed + cfg.layers * blockBytes(cfg) + actBytes <= budget;
-  const room = budget - fixed - (resident ? cfg.layers : 1) * blockBytes(cfg);
-  const batches = Math.ceil(windows / B);
-  const perSuper = Math.max(1, Math.min(batches, Math.floor(room / actBytes)));
-  const logitRows = Math.max(1, Math.min(B * seqlen, Math.floor(maxBinding / 4 / cfg.vocab)));
-  const io = 3 * buf(B * seqlen * 4) + buf(logitRows * cfg.vocab * 4);
-  return {
-    bytes: fixed + (resident ? cfg.layers : 1) * blockBytes(cfg) + perSuper * actBytes + io,
-    resident,
-  };
 }
 
 export function planMemory(cfg: ModelConfig, s: MemoryPlanSettings): StagePlan[] {
@@ -137,7 +103,7 @@ export function planMemory(cfg: ModelConfig, s: MemoryPlanSettings): StagePlan[]
     );
   }
   const windows = Math.max(1, Math.floor(s.evalTokens / s.evalSeqlen));
-  const ev = evalGpuBytes(cfg, s.evalSeqlen, windows, s.gpuMemory, s.maxBinding);
+  const ev = evalPlan(cfg, s.evalSeqlen, windows, s.gpuMemory, s.maxBinding);
   stage(
     "eval",
     ev.bytes,

@@ -36,7 +36,7 @@ import {
   forwardBlock,
   type KeptActivations,
 } from "../model/block.ts";
-import { transpose } from "../model/weights.ts";
+import { transpose } from "../util/matrix.ts";
 import { Rng } from "../util/rng.ts";
 
 export interface TrainerOptions {

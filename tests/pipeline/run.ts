@@ -1,4 +1,5 @@
 // Helpers to run the tasks as a user would: a subprocess, its exit code and output.
+import assert from "node:assert/strict";
 const ROOT = new URL("../../", import.meta.url).pathname;
 
 export interface RunResult {
@@ -52,4 +53,15 @@ export async function filesOf(dir: string, prefix = ""): Promise<Map<string, Uin
     else out.set(rel, await Deno.readFile(`${dir}/${rel}`));
   }
   return out;
+}
+
+/** Two output folders hold the same files, byte for byte, except the reports (which hold timings). */
+export async function assertSameOutputs(a: string, b: string): Promise<void> {
+  const fa = await filesOf(a), fb = await filesOf(b);
+  for (const f of ["report.json", "report.md"]) {
+    fa.delete(f);
+    fb.delete(f);
+  }
+  assert.deepEqual([...fa.keys()].sort(), [...fb.keys()].sort());
+  for (const [name, bytes] of fa) assert.deepEqual(fb.get(name), bytes, `${name} differs`);
 }

@@ -6,7 +6,7 @@ import { existsSync } from "node:fs";
 import { hostname } from "node:os";
 import { Rng } from "../../src/util/rng.ts";
 import { HAS_SHARED, STORIES, TINYSTORIES, WIKI } from "../shared.ts";
-import { compressArgs, filesOf, runTask } from "./run.ts";
+import { assertSameOutputs, compressArgs, runTask } from "./run.ts";
 
 const FLAGS = [
   "--bits",
@@ -32,17 +32,6 @@ const FLAGS = [
   "--json",
 ];
 const ROOT = new URL("../../", import.meta.url).pathname;
-
-async function sameFolders(a: string, b: string): Promise<void> {
-  const fa = await filesOf(a), fb = await filesOf(b);
-  // The report holds timings; everything else must be byte-identical.
-  for (const skip of ["report.json", "report.md"]) {
-    fa.delete(skip);
-    fb.delete(skip);
-  }
-  assert.deepEqual([...fa.keys()].sort(), [...fb.keys()].sort());
-  for (const [name, bytes] of fa) assert.deepEqual(fb.get(name), bytes, `${name} differs`);
-}
 
 function spawnCompress(out: string, extra: string[] = []): Deno.ChildProcess {
   return new Deno.Command(Deno.execPath(), {
@@ -82,7 +71,7 @@ Deno.test({
       }
       const last = await runTask("compress", compressArgs(STORIES, `${dir}/killed`, FLAGS));
       assert.equal(last.code, 0, last.stderr);
-      await sameFolders(`${dir}/whole`, `${dir}/killed`);
+      await assertSameOutputs(`${dir}/whole`, `${dir}/killed`);
     });
 
     await t.step("a second concurrent run is refused; a stale lock is recovered", async () => {
@@ -105,7 +94,7 @@ Deno.test({
       );
       const third = await runTask("compress", compressArgs(STORIES, `${dir}/locked`, FLAGS));
       assert.equal(third.code, 0, third.stderr);
-      await sameFolders(`${dir}/whole`, `${dir}/locked`);
+      await assertSameOutputs(`${dir}/whole`, `${dir}/locked`);
     });
 
     await t.step("--time-budget exits 75 and a rerun finishes", async () => {
@@ -124,7 +113,7 @@ Deno.test({
         )).code;
       }
       assert.equal(code, 0);
-      await sameFolders(`${dir}/whole`, `${dir}/budget`);
+      await assertSameOutputs(`${dir}/whole`, `${dir}/budget`);
     });
 
     await t.step(

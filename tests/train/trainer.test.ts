@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import { getGpu } from "../../src/gpu/device.ts";
 import { type ModelConfig, ropeInvFreq } from "../../src/io/config.ts";
 import { ropeTables } from "../../src/kernels/rope.ts";
-import { transpose } from "../../src/model/weights.ts";
+import { transpose } from "../../src/util/matrix.ts";
 import { initialWeights, Trainer } from "../../src/train/trainer.ts";
 import { Rng } from "../../src/util/rng.ts";
 import { blockRef, type BlockRefWeights, linearRef } from "../reference/block.ts";
