@@ -17,9 +17,29 @@ export function linearOf(cfg: ModelConfig, layer: number, kind: LinearKind): Lin
   return linearNames(layer, cfg).find((l) => l.kind === kind)!;
 }
 
+/** A ClusComp linear as stored: codebooks and packed codes, never expanded. */
+export interface CodebookData {
+  in: number;
+  out: number;
+  d: number;
+  n: number;
+  splits: number;
+  /** Bits per code (src/format/pack.ts). */
+  bits: number;
+  /** f32 [splits * n, d] (decoded from the stored f16/bf16). */
+  centroids: Float32Array;
+  /** Packed codes of [in, ceil(out / d)] row-major as u32 words (src/format/pack.ts). */
+  codes: Uint32Array;
+}
+
 export interface WeightSource {
   /** W^T [in, out] of one linear weight of one block. */
   linearT(layer: number, name: LinearName): Promise<Float32Array>;
+  /**
+   * The linear as codebook + packed codes when the source holds it that way (validated: every
+   * code < n), else null (a dense or RTN linear: use linearT).
+   */
+  codebook?(layer: number, name: LinearName): Promise<CodebookData | null>;
   /** A vector or matrix stored as is (norm weights, embeddings). */
   tensor(name: string): Promise<Float32Array>;
   /** lm_head^T [hidden, vocab] (the embedding transposed when tied). */
