@@ -13,6 +13,21 @@ export { Tokenizer } from "./src/io/tokenizer.ts";
 export { gptqWindows, readText } from "./src/io/text.ts";
 export { openModel } from "./src/model/open.ts";
 export { LlamaModel } from "./src/model/model.ts";
+export {
+  generate,
+  type GenerateOptions,
+  type GenerateResult,
+  Runner,
+  type RunnerOptions,
+} from "./src/model/runner.ts";
+export { type SampleSettings, sampleToken } from "./src/model/sample.ts";
+export { StopFilter, TextStream } from "./src/io/detok.ts";
+export {
+  type GeneratedText,
+  type GenerateTextOptions,
+  LoadedModel,
+  type LoadOptions,
+} from "./src/pipeline/session.ts";
 export { type EvalResult, type EvalSettings, evaluatePerplexity } from "./src/eval/perplexity.ts";
 export { kmeans } from "./src/cluster/kmeans.ts";
 export { type ClusterSettings, type MatrixPlan, planMatrices } from "./src/cluster/plan.ts";

@@ -1,6 +1,7 @@
 // `deno task bench [--quick] [--only NAME]`: one JSON line per benchmark on stdout.
 import { existsSync } from "node:fs";
 import { fileURLToPath } from "node:url";
+import { benchLinear, linearBenchOptions } from "../src/bench/codebook_linear.ts";
 import { benchEval } from "../src/bench/eval.ts";
 import { benchFinetuneStep } from "../src/bench/finetune.ts";
 import { benchKmeans } from "../src/bench/kmeans.ts";
@@ -43,6 +44,7 @@ await runMain(async (argv) => {
       : [[65536, 4, 4096], [262144, 4, 16384], [1048576, 4, 65536]];
     for (const [N, d, n] of sizes) emit(await benchKmeans(gpu, N, d, n, quick ? 3 : 20));
   }
+  if (want("linear")) await benchLinear(gpu, linearBenchOptions(quick), emit);
   if (want("finetune")) {
     const dir = `${shared}/fixtures/tinyllama-6.8m`;
     if (existsSync(dir)) emit(await benchFinetuneStep(gpu, dir, 128, quick ? 3 : 20));

@@ -2,6 +2,7 @@
 import { compressMain } from "../src/cli/compress.ts";
 import { evalMain } from "../src/cli/eval.ts";
 import { exportMain } from "../src/cli/export.ts";
+import { generateMain } from "../src/cli/generate.ts";
 import { planMain } from "../src/cli/plan.ts";
 import { runMain } from "../src/cli/main.ts";
 import { UserError } from "../src/errors.ts";
@@ -10,6 +11,7 @@ const COMMANDS: Record<string, (argv: string[]) => Promise<number>> = {
   compress: compressMain,
   eval: evalMain,
   export: exportMain,
+  generate: generateMain,
   plan: planMain,
 };
 

@@ -2,7 +2,10 @@
 import { parseArgs } from "node:util";
 import { UserError } from "../errors.ts";
 
-export type FlagSpec = Record<string, { type: "string" | "boolean"; short?: string }>;
+export type FlagSpec = Record<
+  string,
+  { type: "string" | "boolean"; short?: string; multiple?: boolean }
+>;
 
 /** Parses argv strictly; unknown flags and stray positionals are user errors. */
 export function parseFlags<T extends FlagSpec>(

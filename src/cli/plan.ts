@@ -6,6 +6,11 @@ import { bytesFlag, intFlag, parseFlags } from "./args.ts";
 
 export const PLAN_HELP = `cluscomp plan: peak GPU and host memory per stage for a model config
 
+Rows: cluster, finetune, eval (the compressed model: packed codes and f32 codebooks per block),
+eval-original (compress --eval-text evaluates the original too), export, and generate (the
+compressed model's weights, the KV cache for --context tokens, a prefill of --context tokens in
+one window, and one row of logits).
+
 Usage: deno task plan --config CONFIG.json --gpu-memory 48GB [options]
 
   --config FILE          a Hugging Face config.json (see fixtures/configs/)
@@ -17,6 +22,7 @@ Usage: deno task plan --config CONFIG.json --gpu-memory 48GB [options]
   --eval-seqlen N        evaluation window length (default 2048)
   --eval-tokens K        evaluation text length in tokens (default 341469, WikiText-2 test)
   --max-binding SIZE     the GPU's maxStorageBufferBindingSize (default 2GiB; llvmpipe: 128MiB)
+  --context N            tokens of context for the generate row (default max_position_embeddings)
   --no-finetune          plan without the finetune stage
   --json                 one JSON object: {fits, stages: [{stage, gpu_bytes, host_bytes}]}
 `;
@@ -36,6 +42,7 @@ export async function planMain(argv: string[]): Promise<number> {
     "eval-seqlen": { type: "string" },
     "eval-tokens": { type: "string" },
     "max-binding": { type: "string" },
+    context: { type: "string" },
     "no-finetune": { type: "boolean" },
     "extra-term": { type: "boolean" },
     json: { type: "boolean" },
@@ -60,6 +67,7 @@ export async function planMain(argv: string[]): Promise<number> {
     maxBinding: bytesFlag(cmd, values["max-binding"], "max-binding", 2 ** 31),
     finetune: !values["no-finetune"],
     extraTerm: Boolean(values["extra-term"]),
+    context: intFlag(cmd, values.context, "context", 1, cfg.maxPositions),
   });
   const fits = stages.every((s) => s.fits);
   if (values.json) {
@@ -75,6 +83,7 @@ export async function planMain(argv: string[]): Promise<number> {
       } | ${s.note} |`,
     );
   }
-  console.log(fits ? "fits" : "does not fit");
+  const over = stages.filter((s) => !s.fits).map((s) => s.stage);
+  console.log(fits ? "fits" : `does not fit: ${over.join(", ")}`);
   return 0;
 }

@@ -1,6 +1,8 @@
 // Bits accounting and the choice of (d, n) per matrix kind. Bits per weight counts the codes at
-// log2(n) bits per d-vector (padding included) plus the codebook's own share.
+// log2(n) bits per d-vector (padding included) plus the codebook's own share; as stored, codes
+// take ceil(log2 n) bits each (src/format/pack.ts) and codebooks 16 bits per value.
 import { UserError } from "../errors.ts";
+import { codeBits as packedCodeBits } from "../format/pack.ts";
 import { LINEAR_KINDS, type LinearKind, linearNames, type ModelConfig } from "../io/config.ts";
 
 export type CodebookDtype = "f16" | "bf16";
@@ -39,7 +41,7 @@ export interface MatrixPlan {
   codeBits: number;
   codebookBits: number;
   totalBits: number;
-  /** Bits per weight as stored (u8/u16 codes). */
+  /** Bits per weight as stored: codes packed at ceil(log2 n) bits, 16-bit codebook. */
   storedBits: number;
   reason: string;
 }
@@ -59,7 +61,11 @@ export function matrixBits(
   const weights = out * inDim;
   const codeBits = (Math.log2(n) * inDim * cols) / weights;
   const codebookBits = (16 * splits * n * d) / weights;
-  const stored = (n <= 256 ? 8 : 16) * inDim * cols / weights + codebookBits;
+  // codeBits(n) for the sizes a folder can hold; out-of-range n is refused later by validatePair.
+  const bits = Number.isInteger(n) && n >= 1 && n <= MAX_N
+    ? packedCodeBits(n)
+    : Math.max(1, Math.ceil(Math.log2(n)));
+  const stored = bits * inDim * cols / weights + codebookBits;
   return { codeBits, codebookBits, storedBits: stored, pad: cols * d - out };
 }
 

@@ -1,23 +1,47 @@
 // The compressed model folder: a Hugging Face folder whose config.json carries a
 // quantization_config, with `<module>.codebook` / `<module>.codes` (ClusComp) or
 // `<module>.qweight` / `.scales` / `.zeros` (RTN) beside the untouched tensors.
+//
+// ClusComp codes are written packed (codes_dtype "packed"): `<module>.codes` is a 1-D U8 tensor
+// of packedBytes(in * ceil(out / d), code_bits) bytes, the little-endian LSB-first bit stream of
+// src/format/pack.ts (quantization_config.codes_packing = "lsb-u8"). Folders written before
+// packing hold U8 / U16 codes [in, ceil(out / d)] (codes_dtype "U8" / "U16"); both load.
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { decodeT } from "../cluster/vectorize.ts";
 import { rtnDequantize } from "../cluster/rtn.ts";
 import { UserError } from "../errors.ts";
-import { type LinearKind, linearNames, type ModelConfig } from "../io/config.ts";
+import { type LinearKind, type LinearName, linearNames, type ModelConfig } from "../io/config.ts";
 import { type Dtype, SafetensorsIndex, writeSafetensors } from "../io/safetensors.ts";
-import type { WeightSource } from "../model/weights.ts";
+import type { CodebookData, WeightSource } from "../model/weights.ts";
 import { transpose } from "../util/matrix.ts";
+import {
+  bytesToWords,
+  codeBits,
+  firstCodeAtLeast,
+  packCodes,
+  packedBytes,
+  unpackCodes,
+  wordsToBytes,
+} from "./pack.ts";
+
+/** quantization_config.codes_packing of folders with packed codes (see src/format/pack.ts). */
+export const CODES_PACKING = "lsb-u8";
 
 export interface ClusterModule {
   d: number;
   n: number;
+  /** Zero columns appended to each W^T row so that d divides it: ceil(out / d) * d - out. */
   pad: number;
   splits: number;
   codebook_dtype: "f16" | "bf16";
-  codes_dtype: "U8" | "U16";
+  /**
+   * "packed": `<module>.codes` is the 1-D U8 bit stream of code_bits-bit codes. "U8" / "U16"
+   * (folders written before packing): one code per element, shape [in, ceil(out / d)].
+   */
+  codes_dtype: "packed" | "U8" | "U16";
+  /** Bits per code, codeBits(n) = max(1, ceil(log2 n)); present when codes_dtype is "packed". */
+  code_bits?: number;
 }
 
 export interface RtnModule {
@@ -29,6 +53,8 @@ export interface QuantizationConfig {
   quant_method: "cluscomp" | "rtn";
   bits_per_weight: number;
   stored_bits_per_weight: number;
+  /** How packed codes are laid out: "lsb-u8" (CODES_PACKING). Absent in older folders. */
+  codes_packing?: typeof CODES_PACKING;
   modules: Record<string, ClusterModule | RtnModule>;
 }
 
@@ -54,12 +80,103 @@ export async function readQuantConfig(dir: string): Promise<QuantizationConfig |
   if (typeof qc.modules !== "object" || qc.modules === null) {
     throw new UserError(`${path}: quantization_config.modules is missing`);
   }
+  if (qc.codes_packing !== undefined && qc.codes_packing !== CODES_PACKING) {
+    throw new UserError(
+      `${path}: unsupported quantization_config.codes_packing "${qc.codes_packing}" (supported: ${CODES_PACKING})`,
+    );
+  }
   return qc as QuantizationConfig;
 }
 
 /** Module name (no .weight suffix) of a linear. */
 export function moduleName(cfg: ModelConfig, layer: number, kind: LinearKind): string {
   return linearNames(layer, cfg).find((l) => l.kind === kind)!.name.replace(/\.weight$/, "");
+}
+
+/** How one ClusComp module's codes tensor must look: dtype, shape, bits and code count. */
+interface CodesSpec {
+  dtype: Dtype;
+  shape: number[];
+  bits: number;
+  /** Codes: in * cols. */
+  count: number;
+  cols: number;
+}
+
+/** Checks a ClusComp module's settings against its linear; the expected codes tensor. */
+function codesSpec(dir: string, name: string, c: ClusterModule, lin: LinearName): CodesSpec {
+  const where = `${join(dir, "config.json")}: quantization_config.modules["${name}"]`;
+  const tensor = `tensor "${name}.codes"`;
+  for (const k of ["d", "n", "splits"] as const) {
+    if (!Number.isSafeInteger(c[k]) || c[k] < 1) {
+      throw new UserError(`${where}.${k} must be a positive integer (got ${c[k]}) for ${tensor}`);
+    }
+  }
+  if (c.n > 65536) {
+    throw new UserError(`${where}.n = ${c.n} exceeds 65536 (codes are at most 16 bits)`);
+  }
+  if (lin.in % c.splits !== 0) {
+    throw new UserError(`${where}.splits = ${c.splits} does not divide the ${lin.in} input rows`);
+  }
+  const cols = Math.ceil(lin.out / c.d), count = lin.in * cols, bits = codeBits(c.n);
+  switch (c.codes_dtype) {
+    case "packed":
+      if (c.code_bits !== bits) {
+        throw new UserError(
+          `${where}.code_bits is ${c.code_bits} but n = ${c.n} needs ${bits} bits per code (${tensor})`,
+        );
+      }
+      return { dtype: "U8", shape: [packedBytes(count, bits)], bits, count, cols };
+    case "U8":
+    case "U16":
+      return { dtype: c.codes_dtype, shape: [lin.in, cols], bits, count, cols };
+    default:
+      throw new UserError(
+        `${where}.codes_dtype ${
+          JSON.stringify(c.codes_dtype)
+        } is unknown for ${tensor} (supported: packed, U8, U16)`,
+      );
+  }
+}
+
+/** Throws unless the tensor exists with this shape (and dtype, when given). */
+function expectTensor(
+  index: SafetensorsIndex,
+  name: string,
+  shape: number[],
+  dtype?: Dtype,
+  what = "",
+): void {
+  if (!index.has(name)) throw new UserError(`${index.dir}: tensor "${name}" is missing`);
+  const t = index.info(name);
+  if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i])) {
+    throw new UserError(
+      `${t.file}: tensor "${name}" has shape [${t.shape}], expected [${shape}]${what}`,
+    );
+  }
+  if (dtype && t.dtype !== dtype) {
+    throw new UserError(`${t.file}: tensor "${name}" has dtype ${t.dtype}, expected ${dtype}`);
+  }
+}
+
+/** Checks a ClusComp module's two tensors; the codes' spec. */
+function checkClusterTensors(
+  index: SafetensorsIndex,
+  name: string,
+  c: ClusterModule,
+  lin: LinearName,
+): CodesSpec {
+  const spec = codesSpec(index.dir, name, c, lin);
+  expectTensor(index, `${name}.codebook`, c.splits === 1 ? [c.n, c.d] : [c.splits, c.n, c.d]);
+  const cb = index.info(`${name}.codebook`);
+  if (cb.dtype !== "F16" && cb.dtype !== "BF16" && cb.dtype !== "F32") {
+    throw new UserError(`${cb.file}: tensor "${cb.name}" has dtype ${cb.dtype}, not a float`);
+  }
+  const what = c.codes_dtype === "packed"
+    ? ` (${spec.count} codes packed at ${spec.bits} bits)`
+    : "";
+  expectTensor(index, `${name}.codes`, spec.shape, spec.dtype, what);
+  return spec;
 }
 
 /** Decodes compressed linears on the fly; everything else is read as stored. */
@@ -75,7 +192,6 @@ export class CompressedSource implements WeightSource {
     const name = lin.name.replace(/\.weight$/, "");
     const m = this.qc.modules[name];
     if (!m) return transpose(await this.index.readF32(lin.name), lin.out, lin.in);
-    const file = this.index.dir;
     if (this.qc.quant_method === "rtn") {
       const r = m as RtnModule;
       const q = await this.index.readRaw(`${name}.qweight`);
@@ -84,32 +200,58 @@ export class CompressedSource implements WeightSource {
       const w = rtnDequantize({ q, scales, zeros }, lin.out, lin.in, r.group);
       return transpose(w, lin.out, lin.in);
     }
-    const c = m as ClusterModule;
-    const cb = await this.index.readF32(`${name}.codebook`);
-    const codesInfo = this.index.info(`${name}.codes`);
+    const c = (await this.codebook(layer, kind))!;
     const cols = Math.ceil(lin.out / c.d);
-    if (codesInfo.shape[0] !== lin.in || codesInfo.shape[1] !== cols) {
-      throw new UserError(
-        `${file}: ${name}.codes has shape [${codesInfo.shape}], expected [${lin.in}, ${cols}]`,
-      );
-    }
-    const raw = await this.index.readRaw(`${name}.codes`);
-    const codes = codesInfo.dtype === "U8"
-      ? raw
-      : new Uint16Array(raw.buffer, raw.byteOffset, raw.byteLength / 2);
-    for (let i = 0; i < codes.length; i++) {
-      if (codes[i] >= c.n) {
-        throw new UserError(`${file}: ${name}.codes holds code ${codes[i]} >= n = ${c.n}`);
-      }
-    }
+    const codes = unpackCodes(c.codes, lin.in * cols, c.bits);
     const rowsPer = lin.in / c.splits;
     const out = new Float32Array(lin.in * lin.out);
     for (let s = 0; s < c.splits; s++) {
-      const centroids = cb.subarray(s * c.n * c.d, (s + 1) * c.n * c.d);
+      const centroids = c.centroids.subarray(s * c.n * c.d, (s + 1) * c.n * c.d);
       const part = codes.subarray(s * rowsPer * cols, (s + 1) * rowsPer * cols);
       out.set(decodeT(centroids, part, rowsPer, lin.out, c.d), s * rowsPer * lin.out);
     }
     return out;
+  }
+
+  /**
+   * A ClusComp linear as codebooks and packed codes (old U8 / U16 folders are packed on load),
+   * validated: tensor shapes and dtypes, code_bits, every code < n. Null for RTN and dense ones.
+   */
+  async codebook(layer: number, kind: LinearKind): Promise<CodebookData | null> {
+    if (this.qc.quant_method !== "cluscomp") return null;
+    const lin = linearNames(layer, this.cfg).find((l) => l.kind === kind)!;
+    const name = lin.name.replace(/\.weight$/, "");
+    const c = this.qc.modules[name] as ClusterModule | undefined;
+    if (!c) return null;
+    const spec = checkClusterTensors(this.index, name, c, lin);
+    const codesName = `${name}.codes`;
+    const file = this.index.info(codesName).file;
+    const centroids = await this.index.readF32(`${name}.codebook`);
+    const raw = await this.index.readRaw(codesName);
+    const tooBig = (code: number, at: number) =>
+      new UserError(
+        `${file}: tensor "${codesName}" holds code ${code} at index ${at} >= n = ${c.n}`,
+      );
+    let words: Uint32Array;
+    if (c.codes_dtype === "packed") {
+      words = bytesToWords(raw, spec.count, spec.bits);
+      const bad = firstCodeAtLeast(words, spec.count, spec.bits, c.n);
+      if (bad >= 0) throw tooBig(unpackCodes(words, bad + 1, spec.bits)[bad], bad);
+    } else {
+      const codes = c.codes_dtype === "U8" ? raw : u16View(raw);
+      for (let i = 0; i < codes.length; i++) if (codes[i] >= c.n) throw tooBig(codes[i], i);
+      words = packCodes(codes, spec.bits);
+    }
+    return {
+      in: lin.in,
+      out: lin.out,
+      d: c.d,
+      n: c.n,
+      splits: c.splits,
+      bits: spec.bits,
+      centroids,
+      codes: words,
+    };
   }
 
   tensor(name: string): Promise<Float32Array> {
@@ -122,6 +264,29 @@ export class CompressedSource implements WeightSource {
   }
 }
 
+/** Little-endian u16 values of bytes (copied when the bytes are not 2-aligned). */
+function u16View(b: Uint8Array): Uint16Array {
+  const a = b.byteOffset % 2 === 0 ? b : b.slice();
+  return new Uint16Array(a.buffer, a.byteOffset, a.byteLength >> 1);
+}
+
+/**
+ * A work unit's codes tensor (U8 / U16 [in, cols], one code per element) as the exported
+ * packed stream: a 1-D U8 tensor of packedBytes(in * cols, codeBits(n)) bytes.
+ */
+export function packedCodesTensor(t: TensorBytes, n: number): TensorBytes {
+  if (t.dtype !== "U8" && t.dtype !== "U16") {
+    throw new Error(`packedCodesTensor: ${t.name} has dtype ${t.dtype}, not U8 or U16`);
+  }
+  const codes = t.dtype === "U8" ? t.data : u16View(t.data);
+  const bits = codeBits(n);
+  for (let i = 0; i < codes.length; i++) {
+    if (codes[i] >= n) throw new Error(`packedCodesTensor: ${t.name} code ${codes[i]} >= n = ${n}`);
+  }
+  const data = wordsToBytes(packCodes(codes, bits), codes.length, bits);
+  return { name: t.name, dtype: "U8", shape: [data.length], data };
+}
+
 const COPIED = [
   "tokenizer.json",
   "tokenizer_config.json",
@@ -129,9 +294,18 @@ const COPIED = [
   "generation_config.json",
 ];
 
+/** Optional changes to what writeCompressedModel copies from the source folder. */
+export interface WriteOptions {
+  /** Applied to every tensor copied as stored (embedding, norms, lm_head). */
+  copied?: (t: TensorBytes) => TensorBytes;
+  /** Keys set in the written config.json (e.g. torch_dtype). */
+  config?: Record<string, unknown>;
+}
+
 /**
- * Writes a model folder (compressed when `qc` is given, dense otherwise) atomically: everything goes to a temporary folder beside `outDir`,
- * which is renamed into place at the end. Shard 1 holds the non-block tensors, shard i + 2 block i.
+ * Writes a model folder (compressed when `qc` is given, dense otherwise) atomically: everything
+ * goes to a temporary folder beside `outDir`, which is renamed into place at the end. Shard 1
+ * holds the non-block tensors, shard i + 2 block i.
  */
 export async function writeCompressedModel(
   srcDir: string,
@@ -141,6 +315,7 @@ export async function writeCompressedModel(
   blockTensors: (layer: number) => Promise<TensorBytes[]>,
   index: SafetensorsIndex,
   beforeRename?: (tmpDir: string) => Promise<void>,
+  opts: WriteOptions = {},
 ): Promise<void> {
   const tmp = `${outDir}.tmp-${Deno.pid}`;
   await Deno.remove(tmp, { recursive: true }).catch(() => {});
@@ -148,6 +323,7 @@ export async function writeCompressedModel(
   const config = JSON.parse(await Deno.readTextFile(join(srcDir, "config.json")));
   if (qc) config.quantization_config = qc;
   else delete config.quantization_config;
+  Object.assign(config, opts.config ?? {});
   await Deno.writeTextFile(join(tmp, "config.json"), JSON.stringify(config, null, 2) + "\n");
   for (const f of COPIED) {
     if (existsSync(join(srcDir, f))) await Deno.copyFile(join(srcDir, f), join(tmp, f));
@@ -158,7 +334,8 @@ export async function writeCompressedModel(
   const weightMap: Record<string, string> = {};
   const raw = async (name: string): Promise<TensorBytes> => {
     const info = index.info(name);
-    return { name, dtype: info.dtype, shape: info.shape, data: await index.readRaw(name) };
+    const t = { name, dtype: info.dtype, shape: info.shape, data: await index.readRaw(name) };
+    return opts.copied ? opts.copied(t) : t;
   };
   const top = [await raw("model.embed_tokens.weight"), await raw("model.norm.weight")];
   if (!cfg.tieEmbeddings) top.push(await raw("lm_head.weight"));
@@ -219,9 +396,7 @@ export function checkCompressedTensors(
         need(`${name}.scales`, [lin.out, groups]);
         need(`${name}.zeros`, [lin.out, groups]);
       } else {
-        const c = m as ClusterModule;
-        need(`${name}.codebook`, c.splits === 1 ? [c.n, c.d] : [c.splits, c.n, c.d]);
-        need(`${name}.codes`, [lin.in, Math.ceil(lin.out / c.d)]);
+        checkClusterTensors(index, name, m as ClusterModule, lin);
       }
     }
     need(`model.layers.${l}.input_layernorm.weight`, [cfg.hidden]);

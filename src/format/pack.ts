@@ -83,3 +83,46 @@ function checkBits(bits: number): void {
     throw new RangeError(`code width ${bits} bits is outside [1, 16]`);
   }
 }
+
+/**
+ * Index of the first of `count` packed codes that is >= n, or -1 when every code is < n. One
+ * pass over the stream, nothing allocated; n >= 2^bits needs no pass at all.
+ */
+export function firstCodeAtLeast(
+  words: Uint32Array,
+  count: number,
+  bits: number,
+  n: number,
+): number {
+  checkBits(bits);
+  if (n >= 2 ** bits) return -1;
+  if (words.length * 32 < count * bits) {
+    throw new RangeError(
+      `firstCodeAtLeast: ${words.length} words hold fewer than ${count} codes of ${bits} bits`,
+    );
+  }
+  const mask = (2 ** bits) - 1;
+  for (let k = 0; k < count; k++) {
+    const bit = k * bits, w = Math.floor(bit / 32), s = bit % 32;
+    let v = words[w] >>> s;
+    if (s + bits > 32) v |= words[w + 1] << (32 - s);
+    if (((v & mask) >>> 0) >= n) return k;
+  }
+  return -1;
+}
+
+/**
+ * GPU bytes of one ClusComp linear held as packed codes (u32 words, at least 16 bytes: the
+ * runtime's smallest buffer) plus its f32 centroids [splits * n, d].
+ */
+export function codebookGpuBytes(
+  inDim: number,
+  out: number,
+  d: number,
+  n: number,
+  splits: number,
+): number {
+  const count = inDim * Math.ceil(out / d);
+  const codes = Math.max(16, packedWords(count, codeBits(n)) * 4);
+  return codes + Math.max(16, splits * n * d * 4);
+}

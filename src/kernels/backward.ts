@@ -103,7 +103,7 @@ export function ropeBackward(
   const [gx, gy] = grid(Math.ceil((half * T) / 64), gpu.limits.maxWorkgroups);
   // The forward shader rotating by the negative angle.
   gpu.dispatch(gpu.pipeline("rope", ropeCode, "rope", { SIGN: -1 }), [
-    new Uint32Array([nHeads, headDim, T, gx * 64]),
+    new Uint32Array([nHeads, headDim, T, gx * 64, T, 0]),
     g,
     cos,
     sin,

@@ -2,8 +2,11 @@
 // codebook, never expanded to a dense matrix. W^T [in, out] is cut along the output channels
 // into d-vectors: y[g*d + j] = sum_i x[i] * C[split(i) * n + code(i, g), j] for j < d and
 // g*d + j < out, code(i, g) = packed code number i * cols + g, cols = ceil(out / d).
-// (SKELETON: interface fixed; implementation in progress.)
-import type { Gpu } from "../gpu/device.ts";
+// Three forms (shaders/codebook_linear.wgsl, a template expanded per shape): "matvec" and "lut"
+// for a few tokens, "tile" for many. chooseForm picks one from measurements (see there).
+import code from "../../shaders/codebook_linear.wgsl" with { type: "text" };
+import { codeBits, packedWords } from "../format/pack.ts";
+import { type Gpu, grid } from "../gpu/device.ts";
 
 /** A ClusComp linear layer on the GPU. */
 export interface CodebookLayer {
@@ -45,17 +48,538 @@ export interface LinearIO {
 
 export type CodebookForm = "matvec" | "lut" | "tile";
 
+/** Most input rows one dispatch walks (Mesa ends a shader after 65,535 loop iterations). */
+export const MAX_ROWS_PER_DISPATCH = 60_000;
+/** Most tokens one matvec or lut dispatch holds per invocation; more are cut into chunks. */
+export const FEW_TOKENS = 8;
+/**
+ * Largest lut table per invocation, 2^bits * (tokens per invocation) sums: 8 invocations' tables
+ * fill 32 KiB of workgroup memory.
+ */
+export const LUT_MAX_ENTRIES = 1024;
+
+/** Template variables: integers, or strings substituted as text. */
+export type WgslVars = Record<string, number | string>;
+
+/**
+ * Expands a WGSL template. `${EXPR}` becomes the value of EXPR; lines between `//#for v < EXPR`
+ * and `//#end` repeat for v = 0 .. EXPR - 1; lines between `//#if EXPR` and `//#end` stay only
+ * when EXPR is non-zero (both nest). EXPR is integer arithmetic over the variables: + - * /
+ * (floor) %, comparisons, && || !, parentheses; a string variable may only stand alone.
+ * Comment lines (starting with `//`) are copied unexpanded.
+ */
+export function expandWgsl(src: string, vars: WgslVars, name = "template"): string {
+  const lines = src.split("\n");
+  const out: string[] = [];
+  const emit = (from: number, to: number, env: WgslVars): void => {
+    for (let i = from; i < to; i++) {
+      const t = lines[i].trim();
+      const f = /^\/\/#for (\w+) < (.+)$/.exec(t);
+      const c = /^\/\/#if (.+)$/.exec(t);
+      if (f || c) {
+        let depth = 1, end = i + 1;
+        for (; end < to; end++) {
+          const u = lines[end].trim();
+          if (u.startsWith("//#for ") || u.startsWith("//#if ")) depth++;
+          else if (u === "//#end" && --depth === 0) break;
+        }
+        if (depth !== 0) throw new Error(`${name}:${i + 1}: ${t} without //#end`);
+        if (f) {
+          const limit = evalInt(f[2], env, `${name}:${i + 1}`);
+          for (let v = 0; v < limit; v++) emit(i + 1, end, { ...env, [f[1]]: v });
+        } else if (evalInt(c![1], env, `${name}:${i + 1}`) !== 0) {
+          emit(i + 1, end, env);
+        }
+        i = end;
+        continue;
+      }
+      if (t === "//#end") throw new Error(`${name}:${i + 1}: //#end without //#for or //#if`);
+      if (t.startsWith("//")) {
+        out.push(lines[i]); // comments are not expanded
+        continue;
+      }
+      out.push(lines[i].replace(/\$\{([^}]+)\}/g, (_, e: string) => {
+        const s = env[e.trim()];
+        return typeof s === "string" ? s : `${evalInt(e, env, `${name}:${i + 1}`)}`;
+      }));
+    }
+  };
+  emit(0, lines.length, vars);
+  return out.join("\n");
+}
+
+const LEVELS = [["||"], ["&&"], ["==", "!=", "<", ">", "<=", ">="], ["+", "-"], ["*", "/", "%"]];
+
+/** Evaluates an integer template expression (see expandWgsl). */
+function evalInt(expr: string, env: WgslVars, where: string): number {
+  const toks = expr.match(/\d+|\w+|&&|\|\||[=!<>]=|[-+*/%()<>!]/g) ?? [];
+  const fail = (): never => {
+    throw new Error(`${where}: bad template expression "${expr}"`);
+  };
+  if (toks.join("") !== expr.replace(/\s+/g, "")) fail();
+  let k = 0;
+  const apply = (op: string, v: number, w: number): number => {
+    switch (op) {
+      case "||":
+        return v || w ? 1 : 0;
+      case "&&":
+        return v && w ? 1 : 0;
+      case "==":
+        return +(v === w);
+      case "!=":
+        return +(v !== w);
+      case "<":
+        return +(v < w);
+      case ">":
+        return +(v > w);
+      case "<=":
+        return +(v <= w);
+      case ">=":
+        return +(v >= w);
+      case "+":
+        return v + w;
+      case "-":
+        return v - w;
+      case "*":
+        return v * w;
+      case "/":
+        return w === 0 ? fail() : Math.floor(v / w);
+      default:
+        return w === 0 ? fail() : v - Math.floor(v / w) * w;
+    }
+  };
+  const binary = (level: number): number => {
+    if (level === LEVELS.length) return unary();
+    let v = binary(level + 1);
+    while (k < toks.length && LEVELS[level].includes(toks[k])) {
+      const op = toks[k++];
+      v = apply(op, v, binary(level + 1));
+    }
+    return v;
+  };
+  const unary = (): number => {
+    const t = toks[k++];
+    if (t === "-") return -unary();
+    if (t === "!") return unary() ? 0 : 1;
+    if (t === "(") {
+      const v = binary(0);
+      if (toks[k++] !== ")") fail();
+      return v;
+    }
+    if (t !== undefined && /^\d+$/.test(t)) return Number(t);
+    const v = t === undefined ? undefined : env[t];
+    return typeof v === "number" ? v : fail();
+  };
+  const v = binary(0);
+  if (k !== toks.length) fail();
+  return v;
+}
+
+const modules = new Map<string, { name: string; code: string }>();
+
+/** The expanded shader for these variables (cached), named by them for the pipeline cache. */
+export function templateModule(
+  family: string,
+  src: string,
+  vars: WgslVars,
+): { name: string; code: string } {
+  const key = `${family}[${Object.entries(vars).map(([k, v]) => `${k}=${v}`).join(",")}]`;
+  let m = modules.get(key);
+  if (!m) {
+    m = { name: key, code: expandWgsl(src, vars, `${family}.wgsl`) };
+    modules.set(key, m);
+  }
+  return m;
+}
+
+const ceilDiv = (a: number, b: number) => Math.ceil(a / b);
+
+/** Tokens per invocation for a chunk of `n` tokens: 1, 2, 4 or 8. */
+function tokenSlots(n: number): number {
+  return n <= 1 ? 1 : n <= 2 ? 2 : n <= 4 ? 4 : 8;
+}
+
+/** Centroid components per load: 4 when d % 4 == 0, 2 when d is even, else 1. */
+function vecWidth(d: number): number {
+  return d % 4 === 0 ? 4 : d % 2 === 0 ? 2 : 1;
+}
+
+/**
+ * Code columns per invocation of the matvec form: G <= 16, G * d <= 64 outputs and G * d * NT <=
+ * 512 accumulators, but enough invocations for MIN_GROUPS workgroups. Measured at 4096 x 4096
+ * (ms, G = 4 / 8 / 16 / 32): d=4 N=1 10.2 / 8.1 / 8.3 / 7.4, d=4 N=8 13.8 / 13.4 / 12.4 / 15.8,
+ * d=8 N=1 6.8 / 6.4 / 7.4 / 8.6, d=8 N=8 9.6 / 9.6 / 14.9 / 13.9, d=2 N=8 20.4 / 17.1 / 16.2 /
+ * 17.4: more columns amortise the code words and inputs until the accumulators spill.
+ */
+export function matvecColumns(d: number, nt: number, cols: number): number {
+  if (Deno.env.get("CBL_G")) return Number(Deno.env.get("CBL_G")); // TEMP
+  const g = Math.min(
+    16,
+    Math.floor(64 / d),
+    Math.floor(512 / (d * nt)),
+    Math.floor(cols / (8 * MIN_GROUPS)),
+  );
+  return Math.max(1, g);
+}
+
+/** Workgroups a kernel should have at least, when the shape allows, to keep all cores busy. */
+export const MIN_GROUPS = 4;
+
+/**
+ * Whether x^T may be read as vec4 quads of `width` tokens from element `off` over `rows` rows:
+ * aligned, and every quad inside the buffer's whole vec4s.
+ */
+export function xQuads(io: LinearIO, off: number, rows: number, width: number): boolean {
+  return off % 4 === 0 && (rows === 1 || io.ldx % 4 === 0) &&
+    off + (rows - 1) * io.ldx + width <= Math.floor(io.x.size / 16) * 4;
+}
+
+/** Code columns and token quads per invocation of the tile form (about 512 accumulators). */
+export function tileShape(d: number): { G: number; TQ: number } {
+  const G = Math.max(1, Math.floor(32 / d));
+  const outs = G * d;
+  return { G, TQ: outs <= 32 ? 4 : outs <= 64 ? 2 : 1 };
+}
+
+/**
+ * Lanes along the tokens (1, 2, 4 or 8) that pad the least; ties to fewer along the tokens (at
+ * 4096 x 4096, N = 512, d = 8: 1 lane 599 ms, 2 777, 4 1180, 8 787: lanes along the outputs
+ * share the inputs, and their code reads are neighbours).
+ */
+function tileLanes(N: number, cols: number, G: number, tn: number): number {
+  if (Deno.env.get("CBL_LN")) return Number(Deno.env.get("CBL_LN")); // TEMP
+  let best = 1, bestArea = Infinity;
+  for (const ln of [1, 2, 4, 8]) {
+    const area = ceilDiv(N, ln * tn) * ln * tn * ceilDiv(cols, (8 / ln) * G) * (8 / ln) * G;
+    if (area < bestArea) {
+      best = ln;
+      bestArea = area;
+    }
+  }
+  return best;
+}
+
+function isCount(v: unknown, min: number): v is number {
+  return typeof v === "number" && Number.isInteger(v) && v >= min;
+}
+
+/** Checks a layer's fields and buffers; returns cols = ceil(out / d). */
+function checkLayer(gpu: Gpu, layer: CodebookLayer): number {
+  const what = "codebookLinear";
+  for (const k of ["in", "out", "d", "n", "splits", "bits"] as const) {
+    if (!isCount(layer[k], 1)) {
+      throw new Error(`${what}: layer.${k} = ${layer[k]} must be a positive integer`);
+    }
+  }
+  const { in: inDim, out, d, n, splits, bits } = layer;
+  if (d > 64) throw new Error(`${what}: d = ${d} is larger than 64`);
+  if (n > 65536) throw new Error(`${what}: n = ${n} is larger than 65,536`);
+  if (bits !== codeBits(n)) {
+    throw new Error(`${what}: bits = ${bits} but a codebook of ${n} entries has ${codeBits(n)}`);
+  }
+  if (inDim % splits !== 0) {
+    throw new Error(`${what}: splits = ${splits} does not divide in = ${inDim}`);
+  }
+  const cols = ceilDiv(out, d);
+  if ((inDim * cols + 1024) * bits >= 2 ** 32) {
+    throw new Error(`${what}: ${inDim * cols} codes of ${bits} bits exceed u32 bit addresses`);
+  }
+  const needCodes = packedWords(inDim * cols, bits) * 4;
+  if (layer.codes.size < needCodes) {
+    throw new Error(
+      `${what}: codes buffer (${layer.codes.label}) has ${layer.codes.size} bytes, ` +
+        `[${inDim}, ${cols}] codes of ${bits} bits need ${needCodes}`,
+    );
+  }
+  const needC = splits * n * d * 4;
+  if (layer.centroids.size < needC) {
+    throw new Error(
+      `${what}: centroids buffer (${layer.centroids.label}) has ${layer.centroids.size} bytes, ` +
+        `[${splits * n}, ${d}] f32 need ${needC}`,
+    );
+  }
+  bindWhole(gpu, what, "codes", layer.codes);
+  bindWhole(gpu, what, "centroids", layer.centroids);
+  return cols;
+}
+
+/** Throws unless `buf` fits one storage binding (it is bound whole). */
+export function bindWhole(gpu: Gpu, kernel: string, name: string, buf: GPUBuffer): void {
+  if (buf.size > gpu.limits.maxBinding) {
+    throw new Error(
+      `${kernel}: ${name} buffer (${buf.label}) has ${buf.size} bytes, more than the ` +
+        `${gpu.limits.maxBinding}-byte storage binding limit; it is bound whole`,
+    );
+  }
+}
+
+/** The resolved offsets of io after checking it against [inDim, out]; throws on misuse. */
+export function checkIO(
+  gpu: Gpu,
+  kernel: string,
+  inDim: number,
+  out: number,
+  io: LinearIO,
+): { xOff: number; yOff: number } {
+  const xOff = io.xOffset ?? 0, yOff = io.yOffset ?? 0;
+  if (!isCount(io.N, 1)) throw new Error(`${kernel}: N = ${io.N} must be a positive integer`);
+  for (const [k, v] of [["ldx", io.ldx], ["yRow", io.yRow], ["yCol", io.yCol]] as const) {
+    if (!isCount(v, 0)) throw new Error(`${kernel}: ${k} = ${v} must be a non-negative integer`);
+  }
+  if (!isCount(xOff, 0) || !isCount(yOff, 0)) {
+    throw new Error(`${kernel}: offsets ${xOff}, ${yOff} must be non-negative integers`);
+  }
+  if (io.x === io.y) {
+    throw new Error(`${kernel}: x and y (${io.x.label}) must be different buffers`);
+  }
+  const { N } = io;
+  // Distinct outputs: one stride spans the other's whole extent.
+  const distinct = (out === 1 || io.yRow >= 1) && (N === 1 || io.yCol >= 1) &&
+    (io.yRow >= io.yCol * N || io.yCol >= io.yRow * out || out === 1 || N === 1);
+  if (!distinct) {
+    throw new Error(
+      `${kernel}: output strides yRow = ${io.yRow}, yCol = ${io.yCol} overlap for [${out}, ${N}]`,
+    );
+  }
+  const xEnd = xOff + (inDim - 1) * io.ldx + N;
+  if (xEnd * 4 > io.x.size) {
+    throw new Error(
+      `${kernel}: x (${io.x.label}) has ${io.x.size} bytes, [${inDim}, ${N}] with ldx ` +
+        `${io.ldx} at offset ${xOff} needs ${xEnd * 4}`,
+    );
+  }
+  const yEnd = yOff + (out - 1) * io.yRow + (N - 1) * io.yCol + 1;
+  if (yEnd * 4 > io.y.size) {
+    throw new Error(
+      `${kernel}: y (${io.y.label}) has ${io.y.size} bytes, [${out}, ${N}] with strides ` +
+        `(${io.yRow}, ${io.yCol}) at offset ${yOff} needs ${yEnd * 4}`,
+    );
+  }
+  bindWhole(gpu, kernel, "x", io.x);
+  bindWhole(gpu, kernel, "y", io.y);
+  return { xOff, yOff };
+}
+
+/** How the lut form runs a layer at a chunk of nt tokens. */
+interface LutPlan {
+  /** Code columns per invocation. */
+  G: number;
+  /** Sums in registers (a tiny codebook) instead of workgroup memory. */
+  reg: boolean;
+  /** Codebook entries with a sum: n in registers, 2^bits in the table. */
+  entries: number;
+  /** Floats of workgroup memory per invocation: the table, or the store stash. */
+  lcap: number;
+}
+
+/**
+ * The lut form's plan, or null when even one column's table does not fit LUT_MAX_ENTRIES. In
+ * registers when n * NT <= 32 (every entry's sum costs a select and an add per row); else a
+ * table of 2^bits * NT sums per column in workgroup memory. Columns per invocation G amortise the
+ * code words and inputs of a row.
+ */
+function lutPlan(layer: CodebookLayer, nt: number, cols: number): LutPlan | null {
+  const { n, d, bits } = layer;
+  const spread = Math.max(1, Math.floor(cols / (8 * MIN_GROUPS)));
+  const regOk = Deno.env.get("CBL_LREG") ? Deno.env.get("CBL_LREG") === "1" : true; // TEMP
+  if (regOk && n * nt <= 32 && n * d * nt <= 512) {
+    const G = Math.max(1, Math.min(16, Math.floor(64 / (n * nt)), Math.floor(1024 / (n * d * nt)), spread));
+    return { G, reg: true, entries: n, lcap: G * d * nt };
+  }
+  const kt = 2 ** bits;
+  if (Math.max(kt, d) * nt > LUT_MAX_ENTRIES) return null;
+  const G = Math.max(1, Math.min(8, Math.floor(LUT_MAX_ENTRIES / (Math.max(kt, d) * nt)), spread));
+  return { G, reg: false, entries: kt, lcap: G * Math.max(kt, d) * nt };
+}
+
+/** Forms that can run this layer at N tokens. */
+export function formsFor(layer: CodebookLayer, N: number): CodebookForm[] {
+  const forms: CodebookForm[] = ["matvec", "tile"];
+  const nt = tokenSlots(Math.min(N, FEW_TOKENS));
+  if (lutPlan(layer, nt, Math.ceil(layer.out / layer.d))) forms.push("lut");
+  return forms;
+}
+
 /** y (+)= x W for a codebook layer; `form` defaults to chooseForm's pick. */
 export function codebookLinear(
-  _gpu: Gpu,
-  _layer: CodebookLayer,
-  _io: LinearIO,
-  _form?: CodebookForm,
+  gpu: Gpu,
+  layer: CodebookLayer,
+  io: LinearIO,
+  form?: CodebookForm,
 ): void {
-  throw new Error("codebookLinear: not implemented yet");
+  const cols = checkLayer(gpu, layer);
+  const { xOff, yOff } = checkIO(gpu, "codebookLinear", layer.in, layer.out, io);
+  const f = form ?? chooseForm(layer, io.N);
+  if (f === "lut") {
+    const plan = lutPlan(layer, tokenSlots(Math.min(io.N, FEW_TOKENS)), cols);
+    if (!plan || plan.lcap * 32 > gpu.limits.maxWorkgroupStorage) {
+      throw new Error(
+        `codebookLinear: the lut form's table (n = ${layer.n}, d = ${layer.d}, N = ${io.N}) ` +
+          `exceeds ${LUT_MAX_ENTRIES} sums per invocation or the workgroup memory`,
+      );
+    }
+  }
+  const { d, bits } = layer;
+  const vw = vecWidth(d);
+  const base: WgslVars = {
+    FORM: f === "matvec" ? 1 : f === "lut" ? 2 : 3,
+    D: d,
+    B: bits,
+    MASK: 2 ** bits - 1,
+    VW: vw,
+    CT: vw === 1 ? "f32" : `vec${vw}<f32>`,
+    XV: 0,
+    XT: "f32",
+    G: 1,
+    NT: 1,
+    TQ: 1,
+    LCAP: 8,
+    LREG: 0,
+    KN: 1,
+    KT: 1,
+    WN: 1,
+    WT: 3,
+  };
+  const words = (G: number) => ({
+    WN: Math.floor((30 + G * bits) / 32) + 1,
+    WT: Math.floor(((G - 1) * bits) / 32) + 3,
+  });
+  const params = (
+    row0: number,
+    rows: number,
+    n: number,
+    xo: number,
+    yo: number,
+    acc: boolean,
+    gx: number,
+    ln: number,
+  ) =>
+    new Uint32Array([
+      row0,
+      rows,
+      cols,
+      layer.out,
+      n,
+      io.ldx,
+      xo,
+      yo,
+      io.yRow,
+      io.yCol,
+      acc ? 1 : 0,
+      layer.in / layer.splits,
+      layer.n,
+      gx,
+      ln,
+      Math.floor(row0 / (layer.in / layer.splits)) * layer.n,
+    ]);
+  const bind = (p: Uint32Array) => [
+    p,
+    { buffer: layer.codes },
+    { buffer: layer.centroids },
+    { buffer: io.x },
+    { buffer: io.y },
+  ];
+  const maxWg = gpu.limits.maxWorkgroups;
+
+  if (f === "tile") {
+    const { G, TQ } = tileShape(d);
+    const tn = 4 * TQ;
+    const xv = xQuads(io, xOff, layer.in, Math.ceil(io.N / 4) * 4);
+    const m = templateModule("codebook_linear", code, {
+      ...base,
+      ...words(G),
+      G,
+      TQ,
+      XV: xv ? 1 : 0,
+      XT: xv ? "vec4<f32>" : "f32",
+    });
+    const pipe = gpu.pipeline(m.name, m.code, "tile");
+    const ln = tileLanes(io.N, cols, G, tn);
+    const gy = ceilDiv(cols, (8 / ln) * G);
+    if (gy > maxWg) {
+      throw new Error(`codebookLinear: ${cols} code columns need ${gy} workgroups along y`);
+    }
+    const perChunk = maxWg * ln * tn;
+    for (let t0 = 0; t0 < io.N; t0 += perChunk) {
+      const nc = Math.min(perChunk, io.N - t0);
+      const gx = ceilDiv(nc, ln * tn);
+      for (let r0 = 0; r0 < layer.in; r0 += MAX_ROWS_PER_DISPATCH) {
+        const rows = Math.min(MAX_ROWS_PER_DISPATCH, layer.in - r0);
+        const p = params(
+          r0,
+          rows,
+          nc,
+          xOff + t0,
+          yOff + t0 * io.yCol,
+          !!io.accumulate || r0 > 0,
+          gx,
+          ln,
+        );
+        gpu.dispatch(pipe, bind(p), [gx, gy]);
+      }
+    }
+    return;
+  }
+
+  // matvec and lut: chunks of at most FEW_TOKENS tokens.
+  for (let t0 = 0; t0 < io.N; t0 += FEW_TOKENS) {
+    const nc = Math.min(FEW_TOKENS, io.N - t0);
+    const nt = tokenSlots(nc);
+    const xo = xOff + t0, yo = yOff + t0 * io.yCol;
+    if (f === "matvec") {
+      const G = matvecColumns(d, nt, cols);
+      const xv = nt % 4 === 0 && xQuads(io, xo, layer.in, nt);
+      const m = templateModule("codebook_linear", code, {
+        ...base,
+        ...words(G),
+        G,
+        NT: nt,
+        XV: xv ? 1 : 0,
+        XT: xv ? "vec4<f32>" : "f32",
+      });
+      const pipe = gpu.pipeline(m.name, m.code, "matvec");
+      const [gx, gy] = grid(ceilDiv(ceilDiv(cols, G), 8), maxWg);
+      for (let r0 = 0; r0 < layer.in; r0 += MAX_ROWS_PER_DISPATCH) {
+        const rows = Math.min(MAX_ROWS_PER_DISPATCH, layer.in - r0);
+        gpu.dispatch(pipe, bind(params(r0, rows, nc, xo, yo, !!io.accumulate || r0 > 0, gx, 0)), [
+          gx,
+          gy,
+        ]);
+      }
+    } else {
+      const plan = lutPlan(layer, nt, cols)!;
+      const m = templateModule("codebook_linear", code, {
+        ...base,
+        ...words(plan.G),
+        G: plan.G,
+        NT: nt,
+        LREG: plan.reg ? 1 : 0,
+        KN: plan.reg ? plan.entries : 1,
+        KT: plan.reg ? 1 : plan.entries,
+        LCAP: plan.lcap,
+      });
+      const pipe = gpu.pipeline(m.name, m.code, "lut");
+      const [gx, gy] = grid(ceilDiv(ceilDiv(cols, plan.G), 8), maxWg);
+      // Dispatches walk rows of one split each, at most MAX_ROWS_PER_DISPATCH - n of them (the
+      // product loop runs n times; the store loop G * d * NT <= 1024 more).
+      const splitRows = layer.in / layer.splits;
+      const step = MAX_ROWS_PER_DISPATCH - layer.n;
+      let first = true;
+      for (let s0 = 0; s0 < layer.in; s0 += splitRows) {
+        for (let r0 = s0; r0 < s0 + splitRows; r0 += step) {
+          const rows = Math.min(step, s0 + splitRows - r0);
+          gpu.dispatch(pipe, bind(params(r0, rows, nc, xo, yo, !!io.accumulate || !first, gx, 0)), [
+            gx,
+            gy,
+          ]);
+          first = false;
+        }
+      }
+    }
+  }
 }
 
 /** The fastest form for this shape on this driver (measured; see the bench). */
-export function chooseForm(_layer: CodebookLayer, _N: number): CodebookForm {
-  return "tile";
+export function chooseForm(_layer: CodebookLayer, N: number): CodebookForm {
+  return N <= FEW_TOKENS ? "matvec" : "tile";
 }

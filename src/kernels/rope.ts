@@ -30,7 +30,8 @@ export function ropeTables(
 /**
  * In place on x [nHeads * headDim, T] feature-major: for every head and d < headDim / 2,
  * (x[d], x[d + headDim/2]) <- (x1 cos - x2 sin, x2 cos + x1 sin) with cos, sin [T, headDim / 2]
- * from ropeTables (row t is the position of token t).
+ * from ropeTables (row t is the position of token t). With `cols`, x has rows of `ld` elements
+ * and token t sits at column col0 + t (a KV cache rotated in place for new tokens).
  */
 export function rope(
   gpu: Gpu,
@@ -40,16 +41,21 @@ export function rope(
   nHeads: number,
   headDim: number,
   T: number,
+  cols: { ld: number; col0: number } = { ld: T, col0: 0 },
 ): void {
   if (headDim % 2 !== 0 || headDim < 2) throw new Error(`rope: headDim ${headDim} must be even`);
+  const { ld, col0 } = cols;
+  if (!(col0 >= 0 && col0 + T <= ld)) {
+    throw new Error(`rope: columns ${col0} .. ${col0 + T - 1} do not fit rows of ${ld}`);
+  }
   if (nHeads > 60_000) throw new Error(`rope: ${nHeads} heads exceed the loop limit`);
   const half = headDim / 2;
-  fits("rope", "x", x, nHeads * headDim * T);
+  fits("rope", "x", x, (nHeads * headDim - 1) * ld + col0 + T);
   fits("rope", "cos", cos, T * half);
   fits("rope", "sin", sin, T * half);
   const [gx, gy] = grid(Math.ceil((half * T) / WG), gpu.limits.maxWorkgroups);
   gpu.dispatch(gpu.pipeline("rope", code, "rope"), [
-    new Uint32Array([nHeads, headDim, T, gx * WG]),
+    new Uint32Array([nHeads, headDim, T, gx * WG, ld, col0]),
     x,
     cos,
     sin,

@@ -8,32 +8,38 @@ import { siluMul } from "../kernels/elementwise.ts";
 import { matmul } from "../kernels/matmul.ts";
 import { rmsnorm } from "../kernels/norm.ts";
 import { rope } from "../kernels/rope.ts";
+import {
+  type GpuLinear,
+  linear,
+  linearBytes,
+  type LinearIO,
+  releaseLinear,
+  uploadLinear,
+} from "./linear.ts";
 import { type LinearName, linearOf, LINEARS, type WeightSource } from "./weights.ts";
 
 export interface BlockWeights {
   layer: number;
-  /** W^T [in, out] per linear. */
-  w: Record<LinearName, Tensor>;
+  /** Per linear: dense W^T [in, out], or a codebook layer. */
+  w: Record<LinearName, GpuLinear>;
   inputNorm: Tensor;
   postNorm: Tensor;
 }
 
+/** A block whose linears are all dense W^T tensors (training and backward need these). */
+export interface DenseBlockWeights extends BlockWeights {
+  w: Record<LinearName, Tensor>;
+}
+
+/** Uploads block `layer`, each linear in the form the source holds (codebooks stay codebooks). */
 export async function uploadBlock(
   gpu: Gpu,
   cfg: ModelConfig,
   src: WeightSource,
   layer: number,
 ): Promise<BlockWeights> {
-  const w = {} as Record<LinearName, Tensor>;
-  for (const name of LINEARS) {
-    const lin = linearOf(cfg, layer, name);
-    w[name] = await Tensor.from(
-      gpu,
-      await src.linearT(layer, name),
-      [lin.in, lin.out],
-      `L${layer}.${name}`,
-    );
-  }
+  const w = {} as Record<LinearName, GpuLinear>;
+  for (const name of LINEARS) w[name] = await uploadLinear(gpu, cfg, src, layer, name);
   const pre = `model.layers.${layer}`;
   return {
     layer,
@@ -48,12 +54,19 @@ export async function uploadBlock(
 }
 
 export function releaseBlock(b: BlockWeights): void {
-  for (const t of Object.values(b.w)) t.release();
+  for (const t of Object.values(b.w)) releaseLinear(b.inputNorm.gpu, t);
   b.inputNorm.release();
   b.postNorm.release();
 }
 
-/** Bytes a block's weights take on the GPU. */
+/** GPU bytes an uploaded block holds. */
+export function uploadedBlockBytes(b: BlockWeights): number {
+  let n = b.inputNorm.buffer.size + b.postNorm.buffer.size;
+  for (const t of Object.values(b.w)) n += linearBytes(t);
+  return n;
+}
+
+/** Bytes a dense block's weights take on the GPU. */
 export function blockBytes(cfg: ModelConfig): number {
   let n = 2 * cfg.hidden;
   for (const name of LINEARS) {
@@ -199,8 +212,8 @@ export function forwardBlock(
   keep?: KeptActivations,
 ): void {
   const cfg = s.cfg;
-  const n = s.n, T = s.seqlen, hd = cfg.headDim, H = cfg.hidden, I = cfg.intermediate;
-  const qDim = cfg.heads * hd, kvDim = cfg.kvHeads * hd;
+  const n = s.n, T = s.seqlen, hd = cfg.headDim, H = cfg.hidden;
+  const kvDim = cfg.kvHeads * hd;
   const group = cfg.heads / cfg.kvHeads;
 
   if (keep && s.mlpChunk < n) throw new Error("forwardBlock: keep needs the MLP in one chunk");
@@ -209,39 +222,10 @@ export function forwardBlock(
   // Attention.
   rmsnorm(gpu, x.all, b.inputNorm.all, s.h.all, H, n, cfg.rmsNormEps);
   if (keep) gpu.copy(s.h.buffer, 0, keep.h1.buffer, 0, s.h.bytes);
-  matmul(gpu, {
-    M: qDim,
-    N: n,
-    K: H,
-    a: b.w.q.buffer,
-    lda: qDim,
-    b: s.h.buffer,
-    ldb: n,
-    c: s.q.buffer,
-    ldc: n,
-  });
-  matmul(gpu, {
-    M: kvDim,
-    N: n,
-    K: H,
-    a: b.w.k.buffer,
-    lda: kvDim,
-    b: s.h.buffer,
-    ldb: n,
-    c: s.k.buffer,
-    ldc: n,
-  });
   // V token-major [N, kvDim]: the P.V product reads it as At.
-  matmul(gpu, {
-    M: n,
-    N: kvDim,
-    K: H,
-    a: s.h.buffer,
-    lda: n,
-    b: b.w.v.buffer,
-    ldb: kvDim,
-    c: s.v.buffer,
-    ldc: kvDim,
+  projectQkv(gpu, b, cfg, s.h.buffer, n, s.q.buffer, { buffer: s.k.buffer, offset: 0, ld: n }, {
+    buffer: s.v.buffer,
+    offset: 0,
   });
   rope(gpu, s.q.all, s.cos.all, s.sin.all, cfg.heads, hd, n);
   rope(gpu, s.k.all, s.cos.all, s.sin.all, cfg.kvHeads, hd, n);
@@ -269,7 +253,7 @@ export function forwardBlock(
         bBatchStride: hd * n,
         cBatchStride: T * T,
       });
-      causalSoftmax(gpu, s.scores.all, hs, T, scale);
+      causalSoftmax(gpu, s.scores.all, hs, T, scale, cfg.slidingWindow ?? 0);
       // O^T[h, d, i] = sum_j V[j, kv(h), d] P^T[h, j, i]
       matmul(gpu, {
         M: hd,
@@ -291,63 +275,73 @@ export function forwardBlock(
       });
     }
   }
-  // x += Wo o (the residual add, fused as an accumulating matmul)
-  matmul(gpu, {
-    M: H,
+  outputAndMlp(gpu, b, x, s, n, keep);
+}
+
+/**
+ * From h [H, n] (feature-major): q [qDim, n] feature-major, K^T element (r, t) at
+ * k.offset + r * k.ld + t, and V token-major, element (t, r) at v.offset + t * kvDim + r.
+ */
+export function projectQkv(
+  gpu: Gpu,
+  b: BlockWeights,
+  cfg: ModelConfig,
+  h: GPUBuffer,
+  n: number,
+  q: GPUBuffer,
+  k: { buffer: GPUBuffer; offset: number; ld: number },
+  v: { buffer: GPUBuffer; offset: number },
+): void {
+  const H = cfg.hidden, qDim = cfg.heads * cfg.headDim, kvDim = cfg.kvHeads * cfg.headDim;
+  const x = { N: n, x: h, ldx: n };
+  linear(gpu, b.w.q, H, qDim, { ...x, y: q, yRow: n, yCol: 1 });
+  linear(gpu, b.w.k, H, kvDim, { ...x, y: k.buffer, yOffset: k.offset, yRow: k.ld, yCol: 1 });
+  linear(gpu, b.w.v, H, kvDim, { ...x, y: v.buffer, yOffset: v.offset, yRow: 1, yCol: kvDim });
+}
+
+/**
+ * The rest of the block after attention, on the first n columns of the scratch: x += o Wo (the
+ * residual add, fused as an accumulating linear), then x += MLP(rmsnorm(x)) in token chunks so
+ * [intermediate, chunk] fits one binding. x and o are [H, n] and [qDim, n] feature-major.
+ */
+export function outputAndMlp(
+  gpu: Gpu,
+  b: BlockWeights,
+  x: Tensor,
+  s: BlockScratch,
+  n: number,
+  keep?: KeptActivations,
+): void {
+  const cfg = s.cfg, H = cfg.hidden, I = cfg.intermediate, qDim = cfg.heads * cfg.headDim;
+  const lin = (w: GpuLinear, inDim: number, out: number, io: LinearIO) =>
+    linear(gpu, w, inDim, out, io);
+  lin(b.w.o, qDim, H, {
     N: n,
-    K: qDim,
-    a: b.w.o.buffer,
-    lda: H,
-    b: s.o.buffer,
-    ldb: n,
-    c: x.buffer,
-    ldc: n,
+    x: s.o.buffer,
+    ldx: n,
+    y: x.buffer,
+    yRow: n,
+    yCol: 1,
     accumulate: true,
   });
-
   if (keep) gpu.copy(x.buffer, 0, keep.x2.buffer, 0, x.bytes);
-
-  // MLP, in token chunks so [intermediate, chunk] fits one binding.
   rmsnorm(gpu, x.all, b.postNorm.all, s.h.all, H, n, cfg.rmsNormEps);
-  for (let c0 = 0; c0 < n; c0 += s.mlpChunk) {
-    const nc = Math.min(s.mlpChunk, n - c0);
-    matmul(gpu, {
-      M: I,
-      N: nc,
-      K: H,
-      a: b.w.gate.buffer,
-      lda: I,
-      b: s.h.buffer,
-      bOffset: c0,
-      ldb: n,
-      c: s.gate.buffer,
-      ldc: nc,
-    });
-    matmul(gpu, {
-      M: I,
-      N: nc,
-      K: H,
-      a: b.w.up.buffer,
-      lda: I,
-      b: s.h.buffer,
-      bOffset: c0,
-      ldb: n,
-      c: s.up.buffer,
-      ldc: nc,
-    });
+  const chunk = Math.min(s.mlpChunk, n);
+  for (let c0 = 0; c0 < n; c0 += chunk) {
+    const nc = Math.min(chunk, n - c0);
+    const hIn = { N: nc, x: s.h.buffer, xOffset: c0, ldx: n };
+    lin(b.w.gate, H, I, { ...hIn, y: s.gate.buffer, yRow: nc, yCol: 1 });
+    lin(b.w.up, H, I, { ...hIn, y: s.up.buffer, yRow: nc, yCol: 1 });
     if (keep) gpu.copy(s.gate.buffer, 0, keep.g.buffer, 0, I * nc * 4);
     siluMul(gpu, s.gate.all, s.up.all, I * nc);
-    matmul(gpu, {
-      M: H,
+    lin(b.w.down, I, H, {
       N: nc,
-      K: I,
-      a: b.w.down.buffer,
-      lda: H,
-      b: s.gate.buffer,
-      ldb: nc,
-      c: x.buffer,
-      cOffset: c0,
-      ldc: n,
+      x: s.gate.buffer,
+      ldx: nc,
+      y: x.buffer,
+      yOffset: c0,
+      yRow: n,
+      yCol: 1,
       accumulate: true,
     });
   }

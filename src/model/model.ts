@@ -17,6 +17,7 @@ import {
   forwardBlock,
   releaseBlock,
   uploadBlock,
+  uploadedBlockBytes,
 } from "./block.ts";
 import type { WeightSource } from "./weights.ts";
 
@@ -46,7 +47,8 @@ export interface ModelOptions {
  * How evaluation sizes its GPU work, shared with the memory plan: windows per batch (every
  * activation of a batch fits one binding; 8k tokens is plenty for fast matmuls), whether all
  * blocks stay resident in the budget, batches per superbatch (what the activations may use after
- * one or all blocks), logit rows per chunk, and the bytes this holds.
+ * one or all blocks), logit rows per chunk, and the bytes this holds. `perBlock` is one block's
+ * GPU bytes (dense by default; a compressed block holds its packed codes and codebooks).
  */
 export function evalPlan(
   cfg: ModelConfig,
@@ -54,13 +56,13 @@ export function evalPlan(
   windows: number,
   budget: number,
   maxBinding: number,
+  perBlock = blockBytes(cfg),
 ): { B: number; resident: boolean; perSuper: number; logitRows: number; bytes: number } {
   const widest = Math.max(cfg.hidden, cfg.heads * cfg.headDim);
   const byBinding = Math.floor(maxBinding / 4 / (widest * seqlen));
   const B = Math.min(windows, Math.max(1, Math.min(byBinding, Math.floor(8192 / seqlen))));
   const actBytes = cfg.hidden * B * seqlen * 4;
   const fixed = 2 * cfg.vocab * cfg.hidden * 4 + BlockScratch.bytes(cfg, B, seqlen, maxBinding);
-  const perBlock = blockBytes(cfg);
   const resident = fixed + cfg.layers * perBlock + actBytes <= budget;
   const room = budget - fixed - (resident ? cfg.layers : 1) * perBlock;
   const batches = Math.ceil(windows / B);
@@ -123,12 +125,15 @@ export class LlamaModel {
       if (w.length !== T) throw new Error("all windows must have the same length");
       checkIds(w, cfg.vocab);
     }
+    // Block 0 first: its size on the GPU (dense or codebooks) sizes the plan.
+    const perBlock = uploadedBlockBytes(await this.block(0));
     const { B, resident: allResident, perSuper, logitRows } = evalPlan(
       cfg,
       T,
       windows.length,
       this.budget,
       gpu.limits.maxBinding,
+      perBlock,
     );
     const scratch = await BlockScratch.create(gpu, cfg, B, T, ropeTables(ropeInvFreq(cfg), T));
     const batches: Int32Array[][] = [];
@@ -210,26 +215,7 @@ export class LlamaModel {
   }
 
   private embedAll(ids: Tensor, x: Tensor, n: number): void {
-    const cfg = this.cfg;
-    for (
-      const c of rowChunks(
-        cfg.vocab,
-        cfg.hidden * 4,
-        this.gpu.limits.maxBinding,
-        this.gpu.limits.align,
-      )
-    ) {
-      embed(
-        this.gpu,
-        this.embedding.rows(c.row0, c.rows),
-        ids.all,
-        x.all,
-        c.rows,
-        cfg.hidden,
-        n,
-        c.row0,
-      );
-    }
+    embedTokens(this.gpu, this.cfg, this.embedding, ids, x, n);
   }
 
   /** Block l's weights, uploaded unless resident. */
@@ -240,6 +226,21 @@ export class LlamaModel {
       this.blocks.set(l, b);
     }
     return b;
+  }
+}
+
+/** x^T [hidden, n] <- the embedding rows of ids [n], the table bound in row chunks. */
+export function embedTokens(
+  gpu: Gpu,
+  cfg: ModelConfig,
+  table: Tensor,
+  ids: Tensor,
+  x: Tensor,
+  n: number,
+): void {
+  const { maxBinding, align } = gpu.limits;
+  for (const c of rowChunks(cfg.vocab, cfg.hidden * 4, maxBinding, align)) {
+    embed(gpu, table.rows(c.row0, c.rows), ids.all, x.all, c.rows, cfg.hidden, n, c.row0);
   }
 }
 

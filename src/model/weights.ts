@@ -64,3 +64,12 @@ export class DenseSource implements WeightSource {
     return transpose(await this.index.readF32(name), this.cfg.vocab, this.cfg.hidden);
   }
 }
+
+/** The same weights with every linear decoded to dense W^T (what a dequantized export holds). */
+export function decodedView(src: WeightSource): WeightSource {
+  return {
+    linearT: (layer, name) => src.linearT(layer, name),
+    tensor: (name) => src.tensor(name),
+    lmHeadT: () => src.lmHeadT(),
+  };
+}

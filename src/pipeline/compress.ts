@@ -6,6 +6,7 @@ import { kmeans } from "../cluster/kmeans.ts";
 import {
   type ClusterSettings,
   formatPlan,
+  matrixBits,
   type MatrixPlan,
   overallBits,
   planMatrices,
@@ -21,7 +22,14 @@ import {
 } from "../cluster/stage.ts";
 import { UserError } from "../errors.ts";
 import { type EvalResult, evaluatePerplexity } from "../eval/perplexity.ts";
-import { type QuantizationConfig, writeCompressedModel } from "../format/compressed.ts";
+import {
+  type ClusterModule,
+  CODES_PACKING,
+  packedCodesTensor,
+  type QuantizationConfig,
+  writeCompressedModel,
+} from "../format/compressed.ts";
+import { codeBits } from "../format/pack.ts";
 import { getGpu } from "../gpu/device.ts";
 import { linearNames, type ModelConfig } from "../io/config.ts";
 import { decodeSafetensors, encodeSafetensors } from "../io/safetensors.ts";
@@ -160,14 +168,20 @@ export async function compress(
   const tokenizer = await Tokenizer.load(s.model);
   const { cfg, source, index } = m;
   const inputs = await inputsHash(s.model, index.files);
-  let plan: MatrixPlan[] | undefined;
+  let plan: MatrixPlan[] | undefined, cached: MatrixPlan[] | undefined;
   let bits: { total: number; stored: number };
   if (s.method === "cluscomp") {
-    plan = await cachedPlan(
+    cached = await cachedPlan(
       s,
       inputs,
       () => planMatrices(cfg, s.cluster, sampleErrorFn(cfg, source, s.cluster.seed)),
     );
+    // Stored bits as this version writes them (packed codes), also for a plan cached by an
+    // older version; the stage settings keep the cached plan so its work directory resumes.
+    plan = cached.map((p) => ({
+      ...p,
+      storedBits: matrixBits(p.out, p.in, p.d, p.n, p.splits).storedBits,
+    }));
     bits = overallBits(plan);
     progress.note(
       "plan",
@@ -191,7 +205,7 @@ export async function compress(
   const stages: Record<string, unknown> = {
     [stage]: s.method === "cluscomp"
       ? {
-        plan: plan!.map(({ reason: _, ...p }) => p),
+        plan: cached!.map(({ reason: _, ...p }) => p),
         iters: s.cluster.iters,
         seed: s.cluster.seed,
         init: s.cluster.init,
@@ -319,7 +333,12 @@ export async function compress(
             if (f) t.data = f.data;
           }
         }
-        return tensors.map((t) => storedCodebook(t, s.cluster.codebookDtype));
+        // Codes leave the unit as U8 / U16 and are written packed at their bit width.
+        return tensors.map((t) =>
+          t.name.endsWith(".codes")
+            ? packedCodesTensor(t, (qc.modules[t.name.slice(0, -6)] as ClusterModule).n)
+            : storedCodebook(t, s.cluster.codebookDtype)
+        );
       },
       index,
       async (tmp) => {
@@ -422,7 +441,8 @@ function quantConfig(
         pad: p.pad,
         splits: p.splits,
         codebook_dtype: s.cluster.codebookDtype,
-        codes_dtype: p.n <= 256 ? "U8" : "U16",
+        codes_dtype: "packed",
+        code_bits: codeBits(p.n),
       };
     }
   }
@@ -430,6 +450,7 @@ function quantConfig(
     quant_method: s.method,
     bits_per_weight: bits.total,
     stored_bits_per_weight: bits.stored,
+    ...(s.method === "cluscomp" ? { codes_packing: CODES_PACKING } : {}),
     modules,
   };
 }

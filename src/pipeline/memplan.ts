@@ -1,6 +1,8 @@
 // The memory plan: peak GPU and host bytes per stage, from the same sizes the stages allocate
-// (BlockScratch, BackwardScratch, the student block, k-means' buffers, the eval batches).
+// (BlockScratch, BackwardScratch, the student block, k-means' buffers, the eval batches), and
+// for generating text with the compressed model (codebook weights, KV cache, one prefill).
 import { kmeansGpuBytes } from "../cluster/kmeans.ts";
+import { codebookGpuBytes } from "../format/pack.ts";
 import type { ModelConfig } from "../io/config.ts";
 import { linearNames } from "../io/config.ts";
 import { BackwardScratch } from "../model/backward.ts";
@@ -20,6 +22,8 @@ export interface MemoryPlanSettings {
   maxBinding: number;
   finetune: boolean;
   extraTerm: boolean;
+  /** Tokens of context for the generate row (default: the config's max_position_embeddings). */
+  context?: number;
 }
 
 export interface StagePlan {
@@ -29,6 +33,8 @@ export interface StagePlan {
   fits: boolean;
   note: string;
 }
+
+const gib = (b: number) => `${(b / 2 ** 30).toFixed(2)} GiB`;
 
 /** Bytes the runtime allocates for a buffer of `n` bytes (rounded up to 4, at least 16). */
 const buf = (n: number) => Math.max(16, Math.ceil(n / 4) * 4);
@@ -64,6 +70,46 @@ export function studentGpuBytes(
 /** The full-precision teacher block on one window. */
 export function teacherGpuBytes(cfg: ModelConfig, T: number, maxBinding: number): number {
   return blockBytes(cfg) + BlockScratch.bytes(cfg, 1, T, maxBinding) + buf(cfg.hidden * T * 4);
+}
+
+/** GPU bytes of one compressed block: packed codes and f32 codebooks per linear, two norms. */
+export function compressedBlockBytes(
+  cfg: ModelConfig,
+  d: number,
+  n: number,
+  splits: number,
+): number {
+  let bytes = 2 * buf(cfg.hidden * 4);
+  for (const lin of linearNames(0, cfg)) bytes += codebookGpuBytes(lin.in, lin.out, d, n, splits);
+  return bytes;
+}
+
+/** What generating with a compressed model holds on the GPU, by part. */
+export interface GeneratePlan {
+  /** Compressed blocks, embedding, final norm, and lm_head when not tied to the embedding. */
+  weights: number;
+  /** K and V of every layer for `context` tokens, f32. */
+  kvCache: number;
+  /** Block activations for a prefill of `context` tokens in one window. */
+  scratch: number;
+  /** One row of logits. */
+  logits: number;
+  bytes: number;
+}
+
+export function generateGpuBytes(
+  cfg: ModelConfig,
+  context: number,
+  perBlock: number,
+  maxBinding: number,
+): GeneratePlan {
+  const embedding = buf(cfg.vocab * cfg.hidden * 4);
+  const weights = cfg.layers * perBlock + embedding + buf(cfg.hidden * 4) +
+    (cfg.tieEmbeddings ? 0 : embedding);
+  const kvCache = 2 * cfg.layers * cfg.kvHeads * cfg.headDim * context * 4;
+  const scratch = BlockScratch.bytes(cfg, 1, context, maxBinding);
+  const logits = buf(cfg.vocab * 4);
+  return { weights, kvCache, scratch, logits, bytes: weights + kvCache + scratch + logits };
 }
 
 export function planMemory(cfg: ModelConfig, s: MemoryPlanSettings): StagePlan[] {
@@ -103,15 +149,30 @@ export function planMemory(cfg: ModelConfig, s: MemoryPlanSettings): StagePlan[]
     );
   }
   const windows = Math.max(1, Math.floor(s.evalTokens / s.evalSeqlen));
-  const ev = evalPlan(cfg, s.evalSeqlen, windows, s.gpuMemory, s.maxBinding);
-  stage(
-    "eval",
-    ev.bytes,
-    weights + s.evalTokens * 4 * 2,
-    `${windows} windows of ${s.evalSeqlen}; ${
-      ev.resident ? "all blocks resident" : "one block at a time"
-    }`,
-  );
+  const perBlock = compressedBlockBytes(cfg, s.d, s.n, s.splits);
+  const evalRow = (name: string, blockBytes: number | undefined, what: string) => {
+    const ev = evalPlan(cfg, s.evalSeqlen, windows, s.gpuMemory, s.maxBinding, blockBytes);
+    stage(
+      name,
+      ev.bytes,
+      weights + s.evalTokens * 4 * 2,
+      `${what}: ${windows} windows of ${s.evalSeqlen}; ${
+        ev.resident ? "all blocks resident" : "one block at a time"
+      }`,
+    );
+  };
+  // compress --eval-text evaluates both; `eval` alone is what the compressed folder needs.
+  evalRow("eval", perBlock, `compressed model (${(perBlock / 2 ** 20).toFixed(1)} MiB per block)`);
+  evalRow("eval-original", undefined, "original model");
   stage("export", 0, weights * 2, "one block decoded at a time on the host");
+  const context = s.context ?? cfg.maxPositions;
+  const g = generateGpuBytes(cfg, context, perBlock, s.maxBinding);
+  stage(
+    "generate",
+    g.bytes,
+    perBlock + 2 * cfg.vocab * cfg.hidden * 4,
+    `context ${context}: weights ${gib(g.weights)}, KV cache ${gib(g.kvCache)}, prefill ` +
+      `scratch ${gib(g.scratch)}`,
+  );
   return plans;
 }

@@ -19,8 +19,15 @@ export function reportMarkdown(r: CompressResult): string {
   out.push(`- model: \`${r.model}\``);
   out.push(`- method: ${r.method}${r.finetune ? " + block-wise finetuning" : ""}`);
   out.push(
-    `- bits per weight (compressed linears, codebooks included): ${fmt(r.bits_per_weight)}; ` +
-      `as stored (u8/u16 codes): ${fmt(r.stored_bits_per_weight)}`,
+    r.method === "cluscomp"
+      ? `- bits per weight (compressed linears, codebooks included): ${
+        fmt(r.bits_per_weight)
+      }; as stored (codes packed at ceil(log2 n) bits, 16-bit codebooks): ${
+        fmt(r.stored_bits_per_weight)
+      }`
+      : `- bits per weight (compressed linears, scales and zeros included): ${
+        fmt(r.bits_per_weight)
+      }`,
   );
   out.push(`- peak GPU memory held by cluscomp: ${mib(r.gpu_peak_bytes)}`);
   out.push("");

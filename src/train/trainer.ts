@@ -32,7 +32,7 @@ import { transpose as transposeGpu } from "../kernels/transpose.ts";
 import { backwardBlock, BackwardScratch } from "../model/backward.ts";
 import {
   BlockScratch,
-  type BlockWeights,
+  type DenseBlockWeights,
   forwardBlock,
   type KeptActivations,
 } from "../model/block.ts";
@@ -74,7 +74,7 @@ export class Trainer {
   steps = 0;
   private readonly params: Param[] = [];
   private readonly byName = new Map<string, Param>();
-  private readonly blocks: BlockWeights[] = [];
+  private readonly blocks: DenseBlockWeights[] = [];
   /** W [out, in] copies of every linear for backwardBlock, refreshed after each step. */
   private readonly wCopies: Record<LinearKind, Tensor>[] = [];
   private lmHeadW!: Tensor;

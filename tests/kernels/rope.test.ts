@@ -36,6 +36,26 @@ for (
   });
 }
 
+Deno.test("rope rotates columns col0.. of longer rows in place and leaves the rest", async () => {
+  const gpu = await getGpu();
+  const nHeads = 3, headDim = 8, T = 5, ld = 17, col0 = 9, pos0 = 9;
+  const rows = nHeads * headDim;
+  const cache = randomF32(rows * ld, 42, -2, 2);
+  const { cos, sin } = ropeTables(invFreq(headDim), T, pos0);
+  const tx = await Tensor.from(gpu, cache, [rows, ld], "cache");
+  const tc = await Tensor.from(gpu, cos, [T, headDim / 2], "cos");
+  const ts = await Tensor.from(gpu, sin, [T, headDim / 2], "sin");
+  rope(gpu, tx.all, tc.all, ts.all, nHeads, headDim, T, { ld, col0 });
+  const got = await tx.toF32();
+  for (const t of [tx, tc, ts]) t.release();
+  const dense = new Float32Array(rows * T);
+  for (let r = 0; r < rows; r++) dense.set(cache.subarray(r * ld + col0, r * ld + col0 + T), r * T);
+  const rotated = ropeRef(dense, cos, sin, nHeads, headDim, T);
+  const want = cache.slice();
+  for (let r = 0; r < rows; r++) want.set(rotated.subarray(r * T, (r + 1) * T), r * ld + col0);
+  assertClose(got, want, 1e-6, 1e-6, "rope in cache");
+});
+
 Deno.test("rope covers more than 65,535 workgroups (2-D grid)", async () => {
   await check(1, 2, 65_536 * 64 + 13, 0);
 });

@@ -1,16 +1,29 @@
-// The memory plan against the peak GPU bytes the stages actually hold, on both fixtures.
+// The memory plan against the peak GPU bytes the stages actually hold (on the embedded
+// kjv-llama, and on both ../shared fixtures when present), and the generate and eval rows'
+// arithmetic.
+import assert from "node:assert/strict";
+import { evaluatePerplexity } from "../../src/eval/perplexity.ts";
 import { getGpu } from "../../src/gpu/device.ts";
-import { loadConfig } from "../../src/io/config.ts";
+import { linearNames, loadConfig, type ModelConfig } from "../../src/io/config.ts";
+import { BlockScratch } from "../../src/model/block.ts";
 import { compress } from "../../src/pipeline/compress.ts";
-import { planMemory } from "../../src/pipeline/memplan.ts";
+import { type MemoryPlanSettings, planMemory } from "../../src/pipeline/memplan.ts";
 import { Progress } from "../../src/pipeline/progress.ts";
 import { HAS_SHARED, STORIES, TINYLLAMA, TINYSTORIES, WIKI } from "../shared.ts";
 
-for (const model of [STORIES, TINYLLAMA]) {
+const KJV = new URL("../../fixtures/kjv-llama", import.meta.url).pathname;
+
+const MODELS = [
+  { model: KJV, calib: `${KJV}/calib.txt`, text: `${KJV}/heldout.txt`, shared: false },
+  { model: STORIES, calib: TINYSTORIES, text: WIKI, shared: true },
+  { model: TINYLLAMA, calib: TINYSTORIES, text: WIKI, shared: true },
+];
+
+for (const { model, calib, text, shared } of MODELS) {
   const name = model.split("/").pop();
   Deno.test({
     name: `${name}: planned GPU peak per stage is within 10% of the measured peak`,
-    ignore: !HAS_SHARED,
+    ignore: shared && !HAS_SHARED,
     fn: async () => {
       const gpu = await getGpu();
       const cfg = await loadConfig(model);
@@ -34,15 +47,26 @@ for (const model of [STORIES, TINYLLAMA]) {
         },
         rtn: { bits: 4, group: 128 },
         finetune: {
-          calib: TINYSTORIES,
+          calib,
           samples,
           seqlen,
           holdout: 0.1,
           train: { epochs: 1, lr: 1e-4, weightDecay: 0.1, patience: 2, extraTerm: false, seed: 0 },
         },
-        eval: { text: WIKI, seqlen: evalSeqlen, maxWindows: windows },
+        eval: { text, seqlen: evalSeqlen, maxWindows: windows },
         gpuBudget: 2 ** 31,
       }, new Progress(true));
+      // The compressed model's evaluation alone (compress's eval stage also holds the original).
+      gpu.bytesPeak = gpu.bytesLive;
+      const before = gpu.bytesLive;
+      await evaluatePerplexity({
+        model: `${dir}/out`,
+        text,
+        seqlen: evalSeqlen,
+        maxWindows: windows,
+        gpuBudget: 2 ** 31,
+      });
+      const compressedEval = gpu.bytesPeak - before;
       const plan = planMemory(cfg, {
         d,
         n,
@@ -56,13 +80,19 @@ for (const model of [STORIES, TINYLLAMA]) {
         finetune: true,
         extraTerm: false,
       });
+      const planned = (stage: string) => plan.find((p) => p.stage === stage)!.gpu_bytes;
+      const checks: [string, number, number][] = [
+        ["cluster", planned("cluster"), r.gpu_peak.cluster],
+        ["finetune", planned("finetune"), r.gpu_peak.finetune],
+        // compress evaluates the original and the compressed model
+        ["eval stage", Math.max(planned("eval"), planned("eval-original")), r.gpu_peak.eval],
+        ["eval (compressed)", planned("eval"), compressedEval],
+      ];
       const rows: string[] = [];
       let bad = "";
-      for (const stage of ["cluster", "finetune", "eval"]) {
-        const planned = plan.find((p) => p.stage === stage)!.gpu_bytes;
-        const measured = r.gpu_peak[stage];
-        const err = Math.abs(planned - measured) / measured;
-        rows.push(`${stage}: planned ${planned} measured ${measured} (${(100 * err).toFixed(1)}%)`);
+      for (const [stage, p, measured] of checks) {
+        const err = Math.abs(p - measured) / measured;
+        rows.push(`${stage}: planned ${p} measured ${measured} (${(100 * err).toFixed(1)}%)`);
         if (!(err <= 0.1)) bad += `${stage} off by ${(100 * err).toFixed(1)}%; `;
       }
       console.log(`${name}\n  ${rows.join("\n  ")}`);
@@ -71,3 +101,64 @@ for (const model of [STORIES, TINYLLAMA]) {
     },
   });
 }
+
+const SETTINGS: MemoryPlanSettings = {
+  d: 4,
+  n: 200,
+  splits: 2,
+  calibSamples: 16,
+  calibSeqlen: 64,
+  evalSeqlen: 128,
+  evalTokens: 8 * 128,
+  gpuMemory: 2 ** 31,
+  maxBinding: 2 ** 27,
+  finetune: false,
+  extraTerm: false,
+};
+
+/** One compressed block, counted from the definition: 8-bit codes packed, f32 centroids. */
+function compressedBlock(cfg: ModelConfig, d: number, n: number, splits: number): number {
+  const bits = Math.ceil(Math.log2(n));
+  let bytes = 2 * cfg.hidden * 4;
+  for (const lin of linearNames(0, cfg)) {
+    const codes = lin.in * Math.ceil(lin.out / d);
+    bytes += Math.max(16, Math.ceil((codes * bits) / 32) * 4) + splits * n * d * 4;
+  }
+  return bytes;
+}
+
+Deno.test("memplan: generate = compressed weights + KV cache + one prefill + logits", async () => {
+  const cfg = await loadConfig(KJV);
+  assert.equal(cfg.tieEmbeddings, false);
+  const block = compressedBlock(cfg, SETTINGS.d, SETTINGS.n, SETTINGS.splits);
+  for (const context of [undefined, 100]) {
+    const T = context ?? cfg.maxPositions;
+    const plan = planMemory(cfg, { ...SETTINGS, context });
+    const g = plan.find((p) => p.stage === "generate")!;
+    const weights = cfg.layers * block + 2 * cfg.vocab * cfg.hidden * 4 + cfg.hidden * 4;
+    const kv = 2 * cfg.layers * cfg.kvHeads * cfg.headDim * T * 4;
+    const scratch = BlockScratch.bytes(cfg, 1, T, SETTINGS.maxBinding);
+    assert.equal(g.gpu_bytes, weights + kv + scratch + cfg.vocab * 4, `context ${T}`);
+    assert.ok(g.note.includes(`context ${T}`), g.note);
+  }
+  // Tied embeddings: no separate lm_head.
+  const tied = { ...cfg, tieEmbeddings: true };
+  const a = planMemory(cfg, SETTINGS).find((p) => p.stage === "generate")!.gpu_bytes;
+  const b = planMemory(tied, SETTINGS).find((p) => p.stage === "generate")!.gpu_bytes;
+  assert.equal(a - b, cfg.vocab * cfg.hidden * 4);
+  // A context too long for the memory does not fit.
+  const long = planMemory(cfg, { ...SETTINGS, context: 65536 });
+  assert.equal(long.find((p) => p.stage === "generate")!.fits, false);
+});
+
+Deno.test("memplan: the eval row holds compressed blocks, eval-original dense ones", async () => {
+  const cfg = await loadConfig(KJV);
+  const plan = planMemory(cfg, SETTINGS);
+  const ev = plan.find((p) => p.stage === "eval")!;
+  const orig = plan.find((p) => p.stage === "eval-original")!;
+  assert.ok(ev.note.includes("all blocks resident") && orig.note.includes("all blocks resident"));
+  // Both resident with room for every batch: they differ by the blocks alone.
+  const dense = (2 * cfg.hidden + linearNames(0, cfg).reduce((a, l) => a + l.in * l.out, 0)) * 4;
+  const block = compressedBlock(cfg, SETTINGS.d, SETTINGS.n, SETTINGS.splits);
+  assert.equal(orig.gpu_bytes - ev.gpu_bytes, cfg.layers * (dense - block));
+});

@@ -1,0 +1,4 @@
+import { generateMain } from "../src/cli/generate.ts";
+import { runMain } from "../src/cli/main.ts";
+
+await runMain(generateMain);
