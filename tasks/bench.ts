@@ -1,6 +1,7 @@
 // `deno task bench [--quick] [--only NAME]`: one JSON line per benchmark on stdout.
 import { existsSync } from "node:fs";
 import { fileURLToPath } from "node:url";
+import { benchFolder, benchGenerate } from "../src/bench/generate.ts";
 import { benchLinear, linearBenchOptions } from "../src/bench/codebook_linear.ts";
 import { benchEval } from "../src/bench/eval.ts";
 import { benchFinetuneStep } from "../src/bench/finetune.ts";
@@ -45,6 +46,22 @@ await runMain(async (argv) => {
     for (const [N, d, n] of sizes) emit(await benchKmeans(gpu, N, d, n, quick ? 3 : 20));
   }
   if (want("linear")) await benchLinear(gpu, linearBenchOptions(quick), emit);
+  if (want("generate")) {
+    // Per fixture: a ~2-bit compressed folder and its dense f32 decoding, prompt 64, 32 new tokens.
+    const kjv = fileURLToPath(new URL("../fixtures/kjv-llama", import.meta.url));
+    const models: [string, string][] = [[kjv, `${kjv}/heldout.txt`]];
+    for (const m of ["stories260K", "tinyllama-6.8m"]) {
+      const dir = `${shared}/fixtures/${m}`;
+      if (existsSync(dir)) models.push([dir, `${shared}/data/wikitext2/wiki.test.raw`]);
+      else console.error(`bench: ${dir} missing, generate skipped`);
+    }
+    for (const [model, text] of models) {
+      const folder = await benchFolder(model, quick ? 2 : 10);
+      for (const row of await benchGenerate(gpu, folder, text, 64, quick ? 8 : 32)) {
+        emit({ ...row, model: model.split("/").pop() });
+      }
+    }
+  }
   if (want("finetune")) {
     const dir = `${shared}/fixtures/tinyllama-6.8m`;
     if (existsSync(dir)) emit(await benchFinetuneStep(gpu, dir, 128, quick ? 3 : 20));

@@ -212,7 +212,6 @@ function vecWidth(d: number): number {
  * 17.4: more columns amortise the code words and inputs until the accumulators spill.
  */
 export function matvecColumns(d: number, nt: number, cols: number): number {
-  if (Deno.env.get("CBL_G")) return Number(Deno.env.get("CBL_G")); // TEMP
   const g = Math.min(
     16,
     Math.floor(64 / d),
@@ -247,7 +246,6 @@ export function tileShape(d: number): { G: number; TQ: number } {
  * share the inputs, and their code reads are neighbours).
  */
 function tileLanes(N: number, cols: number, G: number, tn: number): number {
-  if (Deno.env.get("CBL_LN")) return Number(Deno.env.get("CBL_LN")); // TEMP
   let best = 1, bestArea = Infinity;
   for (const ln of [1, 2, 4, 8]) {
     const area = ceilDiv(N, ln * tn) * ln * tn * ceilDiv(cols, (8 / ln) * G) * (8 / ln) * G;
@@ -381,9 +379,11 @@ interface LutPlan {
 function lutPlan(layer: CodebookLayer, nt: number, cols: number): LutPlan | null {
   const { n, d, bits } = layer;
   const spread = Math.max(1, Math.floor(cols / (8 * MIN_GROUPS)));
-  const regOk = Deno.env.get("CBL_LREG") ? Deno.env.get("CBL_LREG") === "1" : true; // TEMP
-  if (regOk && n * nt <= 32 && n * d * nt <= 512) {
-    const G = Math.max(1, Math.min(16, Math.floor(64 / (n * nt)), Math.floor(1024 / (n * d * nt)), spread));
+  if (n * nt <= 32 && n * d * nt <= 512) {
+    const G = Math.max(
+      1,
+      Math.min(16, Math.floor(64 / (n * nt)), Math.floor(1024 / (n * d * nt)), spread),
+    );
     return { G, reg: true, entries: n, lcap: G * d * nt };
   }
   const kt = 2 ** bits;
@@ -400,6 +400,57 @@ export function formsFor(layer: CodebookLayer, N: number): CodebookForm[] {
   return forms;
 }
 
+/**
+ * How the matvec and tile forms read centroids: straight from the codebook (P = 1, DP = d), or
+ * from a table built per call in which one entry is the centroids of P neighbouring codes
+ * (P * bits bits of the stream read as one "super-code") padded to DP floats, DP a multiple of 4,
+ * so that an entry is DP / 4 vec4 loads. Per-lane loads are what this driver pays for (a vec4
+ * costs about what a scalar does), and d = 2 reads one vec2 per 2 weights, d = 3 three scalars
+ * per 3 weights, where W^T's own rows give one vec4 per 4.
+ */
+export interface WidePlan {
+  /** Codes per table entry. */
+  P: number;
+  /** Floats per table entry (P * d, padded). */
+  DP: number;
+  /** Entries per split: 2^(P * bits) with a table of super-codes, n otherwise. */
+  entries: number;
+  /** Whether a table is built (false: the codebook is read as it is). */
+  table: boolean;
+}
+
+/** Most floats of a per-call widened table. */
+const WIDE_MAX_FLOATS = 1 << 22;
+
+export function widePlan(layer: CodebookLayer, maxBinding = Infinity): WidePlan {
+  const { d, bits, n, splits } = layer;
+  const plain = { P: 1, DP: d, entries: n, table: false };
+  let P = 1, DP = d;
+  if (d % 4 === 0) return plain;
+  if (d === 2 && bits <= 6) [P, DP] = [2, 4];
+  else if (d === 1 && bits <= 3) [P, DP] = [4, 4];
+  else if (d === 1 && bits <= 6) [P, DP] = [2, 2];
+  else if (d >= 3) DP = Math.ceil(d / 4) * 4;
+  else return plain;
+  const entries = P > 1 ? 2 ** (P * bits) : n;
+  const floats = splits * entries * DP;
+  if (floats > WIDE_MAX_FLOATS || floats * 4 > maxBinding) return plain;
+  return { P, DP, entries, table: true };
+}
+
+const scratch = new WeakMap<Gpu, GPUBuffer>();
+
+/** A buffer of at least `bytes` kept per Gpu for the widened tables (grown when needed). */
+function scratchBuffer(gpu: Gpu, bytes: number): GPUBuffer {
+  let b = scratch.get(gpu);
+  if (!b || b.size < bytes) {
+    if (b) gpu.releaseBuffer(b);
+    b = gpu.createBuffer(Math.max(bytes, 1 << 16), "codebookLinear widened centroids");
+    scratch.set(gpu, b);
+  }
+  return b;
+}
+
 /** y (+)= x W for a codebook layer; `form` defaults to chooseForm's pick. */
 export function codebookLinear(
   gpu: Gpu,
@@ -410,22 +461,24 @@ export function codebookLinear(
   const cols = checkLayer(gpu, layer);
   const { xOff, yOff } = checkIO(gpu, "codebookLinear", layer.in, layer.out, io);
   const f = form ?? chooseForm(layer, io.N);
-  if (f === "lut") {
-    const plan = lutPlan(layer, tokenSlots(Math.min(io.N, FEW_TOKENS)), cols);
-    if (!plan || plan.lcap * 32 > gpu.limits.maxWorkgroupStorage) {
-      throw new Error(
-        `codebookLinear: the lut form's table (n = ${layer.n}, d = ${layer.d}, N = ${io.N}) ` +
-          `exceeds ${LUT_MAX_ENTRIES} sums per invocation or the workgroup memory`,
-      );
-    }
-  }
   const { d, bits } = layer;
-  const vw = vecWidth(d);
+  const maxWg = gpu.limits.maxWorkgroups;
+  const splitRows = layer.in / layer.splits;
+  // Template variables common to the forms (lut reads the codebook as it is).
+  const wide = f === "lut"
+    ? { P: 1, DP: d, entries: layer.n, table: false }
+    : widePlan(layer, gpu.limits.maxBinding);
+  const { P, DP, entries } = wide;
+  const vw = vecWidth(DP);
   const base: WgslVars = {
     FORM: f === "matvec" ? 1 : f === "lut" ? 2 : 3,
-    D: d,
-    B: bits,
-    MASK: 2 ** bits - 1,
+    P,
+    BS: bits,
+    B: P * bits,
+    MASK: 2 ** (P * bits) - 1,
+    SMASK: 2 ** bits - 1,
+    D: P * d,
+    DP,
     VW: vw,
     CT: vw === 1 ? "f32" : `vec${vw}<f32>`,
     XV: 0,
@@ -441,8 +494,8 @@ export function codebookLinear(
     WT: 3,
   };
   const words = (G: number) => ({
-    WN: Math.floor((30 + G * bits) / 32) + 1,
-    WT: Math.floor(((G - 1) * bits) / 32) + 3,
+    WN: Math.floor((30 + G * P * bits) / 32) + 1,
+    WT: Math.floor(((G - 1) * P * bits) / 32) + 3,
   });
   const params = (
     row0: number,
@@ -466,23 +519,46 @@ export function codebookLinear(
       io.yRow,
       io.yCol,
       acc ? 1 : 0,
-      layer.in / layer.splits,
-      layer.n,
+      splitRows,
+      entries,
       gx,
       ln,
-      Math.floor(row0 / (layer.in / layer.splits)) * layer.n,
+      Math.floor(row0 / splitRows) * entries,
     ]);
+  let table = layer.centroids;
+  if (wide.table) {
+    // The widened table, built per call (the centroids may change between calls).
+    const total = layer.splits * wide.entries;
+    table = scratchBuffer(gpu, total * wide.DP * 4);
+    const m = templateModule("codebook_linear", code, { ...base, FORM: 4 });
+    const [gx, gy] = grid(ceilDiv(total * wide.DP, 64), maxWg);
+    const p = new Uint32Array(16);
+    p[1] = total;
+    p[2] = wide.entries;
+    p[12] = layer.n;
+    p[13] = gx;
+    gpu.dispatch(gpu.pipeline(m.name, m.code, "widen"), [
+      p,
+      null,
+      null,
+      null,
+      null,
+      { buffer: layer.centroids },
+      { buffer: table },
+    ], [gx, gy]);
+  }
   const bind = (p: Uint32Array) => [
     p,
     { buffer: layer.codes },
-    { buffer: layer.centroids },
+    { buffer: table },
     { buffer: io.x },
     { buffer: io.y },
   ];
-  const maxWg = gpu.limits.maxWorkgroups;
+  // Columns of (super-)codes: P codes each.
+  const scols = ceilDiv(cols, P);
 
   if (f === "tile") {
-    const { G, TQ } = tileShape(d);
+    const { G, TQ } = tileShape(P * d);
     const tn = 4 * TQ;
     const xv = xQuads(io, xOff, layer.in, Math.ceil(io.N / 4) * 4);
     const m = templateModule("codebook_linear", code, {
@@ -494,8 +570,8 @@ export function codebookLinear(
       XT: xv ? "vec4<f32>" : "f32",
     });
     const pipe = gpu.pipeline(m.name, m.code, "tile");
-    const ln = tileLanes(io.N, cols, G, tn);
-    const gy = ceilDiv(cols, (8 / ln) * G);
+    const ln = tileLanes(io.N, scols, G, tn);
+    const gy = ceilDiv(scols, (8 / ln) * G);
     if (gy > maxWg) {
       throw new Error(`codebookLinear: ${cols} code columns need ${gy} workgroups along y`);
     }
@@ -505,16 +581,8 @@ export function codebookLinear(
       const gx = ceilDiv(nc, ln * tn);
       for (let r0 = 0; r0 < layer.in; r0 += MAX_ROWS_PER_DISPATCH) {
         const rows = Math.min(MAX_ROWS_PER_DISPATCH, layer.in - r0);
-        const p = params(
-          r0,
-          rows,
-          nc,
-          xOff + t0,
-          yOff + t0 * io.yCol,
-          !!io.accumulate || r0 > 0,
-          gx,
-          ln,
-        );
+        const acc = !!io.accumulate || r0 > 0;
+        const p = params(r0, rows, nc, xOff + t0, yOff + t0 * io.yCol, acc, gx, ln);
         gpu.dispatch(pipe, bind(p), [gx, gy]);
       }
     }
@@ -527,7 +595,7 @@ export function codebookLinear(
     const nt = tokenSlots(nc);
     const xo = xOff + t0, yo = yOff + t0 * io.yCol;
     if (f === "matvec") {
-      const G = matvecColumns(d, nt, cols);
+      const G = matvecColumns(P * d, nt, scols);
       const xv = nt % 4 === 0 && xQuads(io, xo, layer.in, nt);
       const m = templateModule("codebook_linear", code, {
         ...base,
@@ -538,16 +606,20 @@ export function codebookLinear(
         XT: xv ? "vec4<f32>" : "f32",
       });
       const pipe = gpu.pipeline(m.name, m.code, "matvec");
-      const [gx, gy] = grid(ceilDiv(ceilDiv(cols, G), 8), maxWg);
+      const [gx, gy] = grid(ceilDiv(ceilDiv(scols, G), 8), maxWg);
       for (let r0 = 0; r0 < layer.in; r0 += MAX_ROWS_PER_DISPATCH) {
         const rows = Math.min(MAX_ROWS_PER_DISPATCH, layer.in - r0);
-        gpu.dispatch(pipe, bind(params(r0, rows, nc, xo, yo, !!io.accumulate || r0 > 0, gx, 0)), [
-          gx,
-          gy,
-        ]);
+        const p = params(r0, rows, nc, xo, yo, !!io.accumulate || r0 > 0, gx, 0);
+        gpu.dispatch(pipe, bind(p), [gx, gy]);
       }
     } else {
-      const plan = lutPlan(layer, nt, cols)!;
+      const plan = lutPlan(layer, nt, cols);
+      if (!plan || plan.lcap * 32 > gpu.limits.maxWorkgroupStorage) {
+        throw new Error(
+          `codebookLinear: the lut form's table (n = ${layer.n}, d = ${d}, N = ${io.N}) ` +
+            `exceeds ${LUT_MAX_ENTRIES} sums per invocation or the workgroup memory`,
+        );
+      }
       const m = templateModule("codebook_linear", code, {
         ...base,
         ...words(plan.G),
@@ -562,16 +634,13 @@ export function codebookLinear(
       const [gx, gy] = grid(ceilDiv(ceilDiv(cols, plan.G), 8), maxWg);
       // Dispatches walk rows of one split each, at most MAX_ROWS_PER_DISPATCH - n of them (the
       // product loop runs n times; the store loop G * d * NT <= 1024 more).
-      const splitRows = layer.in / layer.splits;
       const step = MAX_ROWS_PER_DISPATCH - layer.n;
       let first = true;
       for (let s0 = 0; s0 < layer.in; s0 += splitRows) {
         for (let r0 = s0; r0 < s0 + splitRows; r0 += step) {
           const rows = Math.min(step, s0 + splitRows - r0);
-          gpu.dispatch(pipe, bind(params(r0, rows, nc, xo, yo, !!io.accumulate || !first, gx, 0)), [
-            gx,
-            gy,
-          ]);
+          const p = params(r0, rows, nc, xo, yo, !!io.accumulate || !first, gx, 0);
+          gpu.dispatch(pipe, bind(p), [gx, gy]);
           first = false;
         }
       }
@@ -579,7 +648,22 @@ export function codebookLinear(
   }
 }
 
-/** The fastest form for this shape on this driver (measured; see the bench). */
-export function chooseForm(_layer: CodebookLayer, N: number): CodebookForm {
-  return N <= FEW_TOKENS ? "matvec" : "tile";
+/**
+ * The fastest form for this shape on this driver, from the bench (src/bench/codebook_linear.ts,
+ * 4096 x 4096 on llvmpipe, 2 cores; ms per call):
+ * - N > 8: tile. Its 16-token blocks beat token chunks of matvec from N = 12 on at every (d, n)
+ *   measured (N = 12: tile 18.5 vs matvec 25.1 at d=4 n=256, 14.2 vs 18.8 at d=8 n=4096, 22.8 vs
+ *   33.1 at d=2 n=16), while at N = 8 matvec wins (13.5 vs 18.3, 10.6 vs 14.0, 18.6 vs 23.1).
+ * - N <= 8, tiny codebooks: lut with its sums in registers when n * NT <= 4 d (NT = N rounded up
+ *   to 1, 2, 4 or 8). Its cost grows as n * NT / d (about 1.6 ms per unit here: d=8 n=4 N=1 0.9,
+ *   d=4 n=8 N=1 3.3, d=4 n=16 N=1 6.2, d=2 n=16 N=1 12.7, d=4 n=8 N=4 14.6) while matvec stays
+ *   near 10 ms, so lut wins up to n * NT / d of about 5.
+ * - otherwise matvec (6.5 to 11 ms at N = 1 for d = 1 .. 8, against 9.4 for denseMatvec; the
+ *   table form of lut, n * NT > 32, never beat it: 14.5 vs 10.5 at d=4 n=256 N=1).
+ */
+export function chooseForm(layer: CodebookLayer, N: number): CodebookForm {
+  if (N > FEW_TOKENS) return "tile";
+  const nt = tokenSlots(N);
+  const lut = lutPlan(layer, nt, Math.ceil(layer.out / layer.d));
+  return lut?.reg && layer.n * nt <= 4 * layer.d ? "lut" : "matvec";
 }

@@ -33,13 +33,11 @@ function tokenSlots(n: number): number {
  * MIN_GROUPS workgroups.
  */
 export function denseQuads(quads: number): number {
-  if (Deno.env.get("MV_V")) return Number(Deno.env.get("MV_V")); // TEMP
   return Math.max(1, Math.min(32, Math.floor(quads / (8 * MIN_GROUPS))));
 }
 
 /** Rows of W per invocation of the rows form (16: 6.9 ms at N = 1, 17 ms at N = 8, 4096^2). */
 export function rowsPerLane(rows: number): number {
-  if (Deno.env.get("MV_R")) return Number(Deno.env.get("MV_R")); // TEMP
   return Math.max(1, Math.min(16, Math.floor(rows / (8 * MIN_GROUPS))));
 }
 

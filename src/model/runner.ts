@@ -99,8 +99,7 @@ export class Runner {
       v: Tensor.empty(gpu, [ctx, kvDim], `L${l}.v_cache`),
     }));
     const scratch = await BlockScratch.create(gpu, cfg, 1, chunk, ropeTables(ropeInvFreq(cfg), 1));
-    const maxFloats = Math.floor(gpu.limits.maxBinding / 4);
-    const headGroup = Math.max(1, Math.min(cfg.heads, Math.floor(maxFloats / (ctx * chunk))));
+    const headGroup = Runner.headGroup(cfg, ctx, chunk, gpu.limits.maxBinding);
     return new Runner(
       gpu,
       cfg,
@@ -121,6 +120,33 @@ export class Runner {
       Tensor.empty(gpu, [chunk, half], "rope.sin"),
       Tensor.empty(gpu, [cfg.vocab], "logits"),
     );
+  }
+
+  /** Heads per score pass, so that [heads, context, chunk] fits one binding. */
+  static headGroup(cfg: ModelConfig, ctx: number, chunk: number, maxBinding: number): number {
+    return Math.max(1, Math.min(cfg.heads, Math.floor(maxBinding / 4 / (ctx * chunk))));
+  }
+
+  /**
+   * GPU bytes besides the weights for a context and prefill chunk (default as create() picks):
+   * KV cache, block scratch, scores, and the small per-pass buffers (used by the memory plan).
+   */
+  static scratchBytes(
+    cfg: ModelConfig,
+    maxBinding: number,
+    context = cfg.maxPositions,
+    prefillChunk = 256,
+  ): { kvCache: number; scratch: number } {
+    const ctx = context, chunk = Math.min(ctx, prefillChunk);
+    const buf = (bytes: number) => Math.max(16, Math.ceil(bytes / 4) * 4);
+    const kvDim = cfg.kvHeads * cfg.headDim, half = cfg.headDim / 2;
+    const headGroup = Runner.headGroup(cfg, ctx, chunk, maxBinding);
+    return {
+      kvCache: cfg.layers * 2 * buf(kvDim * ctx * 4),
+      scratch: BlockScratch.bytes(cfg, 1, chunk, maxBinding) + buf(headGroup * ctx * chunk * 4) +
+        buf(cfg.hidden * chunk * 4) + buf(chunk * 4) + 2 * buf(chunk * half * 4) +
+        buf(cfg.vocab * 4),
+    };
   }
 
   /** Forgets the cached tokens. */

@@ -7,6 +7,7 @@ import type { ModelConfig } from "../io/config.ts";
 import { linearNames } from "../io/config.ts";
 import { BackwardScratch } from "../model/backward.ts";
 import { blockBytes, BlockScratch } from "../model/block.ts";
+import { Runner } from "../model/runner.ts";
 import { evalPlan } from "../model/model.ts";
 
 export interface MemoryPlanSettings {
@@ -106,10 +107,10 @@ export function generateGpuBytes(
   const embedding = buf(cfg.vocab * cfg.hidden * 4);
   const weights = cfg.layers * perBlock + embedding + buf(cfg.hidden * 4) +
     (cfg.tieEmbeddings ? 0 : embedding);
-  const kvCache = 2 * cfg.layers * cfg.kvHeads * cfg.headDim * context * 4;
-  const scratch = BlockScratch.bytes(cfg, 1, context, maxBinding);
+  // What the runner allocates: KV cache, and scratch for prefill chunks (logits included).
+  const { kvCache, scratch } = Runner.scratchBytes(cfg, maxBinding, context);
   const logits = buf(cfg.vocab * 4);
-  return { weights, kvCache, scratch, logits, bytes: weights + kvCache + scratch + logits };
+  return { weights, kvCache, scratch, logits, bytes: weights + kvCache + scratch };
 }
 
 export function planMemory(cfg: ModelConfig, s: MemoryPlanSettings): StagePlan[] {

@@ -171,6 +171,20 @@ Deno.test("matvec and tile forms handle a codebook of 65,536 entries split in tw
   }
 });
 
+Deno.test("matvec and tile forms widen small centroids (several codes per entry, padding)", async () => {
+  // d = 1 with 3-bit codes: 4 codes per entry; d = 1 with 6 bits and d = 2: 2 per entry; d = 6:
+  // entries padded to 8. Odd column counts put super-codes across row ends.
+  const cases: Case[] = [
+    { in: 21, out: 15, d: 1, n: 8, splits: 3, N: 2 },
+    { in: 12, out: 9, d: 1, n: 50, N: 3, tokenMajor: true },
+    { in: 16, out: 13, d: 2, n: 64, splits: 2, N: 1, accumulate: true },
+    { in: 10, out: 27, d: 6, n: 300, splits: 2, N: 5 },
+  ];
+  for (const c of cases) {
+    for (const form of ["matvec", "tile"] as const) await check(form, { ...c, seed: c.n });
+  }
+});
+
 Deno.test("tile form handles N = 37 and 130 (not multiples of its 16-token blocks)", async () => {
   await check("tile", { in: 33, out: 70, d: 4, n: 100, splits: 3, N: 37, accumulate: true });
   await check("tile", { in: 20, out: 13, d: 3, n: 9, N: 130, tokenMajor: true, ldxPad: 0 });
@@ -181,8 +195,10 @@ Deno.test("tile form handles d = 16 and d = 33 (fewer token quads per invocation
   await check("tile", { in: 10, out: 70, d: 33, n: 7, N: 9, tokenMajor: true });
 });
 
-Deno.test("matvec form handles N = 19 (chunks of 8 tokens)", async () => {
-  await check("matvec", { in: 30, out: 17, d: 4, n: 20, N: 19, tokenMajor: true });
+Deno.test("matvec and lut forms handle N = 19 (chunks of 8 tokens)", async () => {
+  for (const form of ["matvec", "lut"] as const) {
+    await check(form, { in: 30, out: 17, d: 4, n: 20, N: 19, tokenMajor: true });
+  }
 });
 
 Deno.test("lut form refuses a table larger than workgroup memory", async () => {

@@ -53,7 +53,15 @@ async function kvCacheMatchesRecomputation(dir: string, text: string, steps: num
   const gpu = await getGpu();
   const prompt = await promptOf(dir, text, 9);
   const P = prompt.length, V = cfg.vocab;
+  const before = gpu.bytesLive;
   const runner = await Runner.create(gpu, cfg, source, { prefillChunk: 4 });
+  // The memory plan's generate row sizes what create() allocates besides the weights.
+  const planned = Runner.scratchBytes(cfg, gpu.limits.maxBinding, cfg.maxPositions, 4);
+  assert.equal(
+    gpu.bytesLive - before - runner.weightBytes,
+    planned.kvCache + planned.scratch,
+    "KV cache and scratch bytes as planned",
+  );
   const seq = [...prompt];
   const stepLogits: Float32Array[] = [];
   try {

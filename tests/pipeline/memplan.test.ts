@@ -127,7 +127,7 @@ function compressedBlock(cfg: ModelConfig, d: number, n: number, splits: number)
   return bytes;
 }
 
-Deno.test("memplan: generate = compressed weights + KV cache + one prefill + logits", async () => {
+Deno.test("memplan: generate = compressed weights + KV cache + prefill-chunk scratch + logits", async () => {
   const cfg = await loadConfig(KJV);
   assert.equal(cfg.tieEmbeddings, false);
   const block = compressedBlock(cfg, SETTINGS.d, SETTINGS.n, SETTINGS.splits);
@@ -137,8 +137,11 @@ Deno.test("memplan: generate = compressed weights + KV cache + one prefill + log
     const g = plan.find((p) => p.stage === "generate")!;
     const weights = cfg.layers * block + 2 * cfg.vocab * cfg.hidden * 4 + cfg.hidden * 4;
     const kv = 2 * cfg.layers * cfg.kvHeads * cfg.headDim * T * 4;
-    const scratch = BlockScratch.bytes(cfg, 1, T, SETTINGS.maxBinding);
-    assert.equal(g.gpu_bytes, weights + kv + scratch + cfg.vocab * 4, `context ${T}`);
+    // Prefill in chunks of up to 256 tokens: block scratch, scores, x, ids, rope tables, logits.
+    const chunk = Math.min(T, 256), heads = cfg.heads, half = cfg.headDim / 2;
+    const scratch = BlockScratch.bytes(cfg, 1, chunk, SETTINGS.maxBinding) +
+      (heads * T * chunk + cfg.hidden * chunk + chunk + 2 * chunk * half + cfg.vocab) * 4;
+    assert.equal(g.gpu_bytes, weights + kv + scratch, `context ${T}`);
     assert.ok(g.note.includes(`context ${T}`), g.note);
   }
   // Tied embeddings: no separate lm_head.
@@ -147,7 +150,7 @@ Deno.test("memplan: generate = compressed weights + KV cache + one prefill + log
   const b = planMemory(tied, SETTINGS).find((p) => p.stage === "generate")!.gpu_bytes;
   assert.equal(a - b, cfg.vocab * cfg.hidden * 4);
   // A context too long for the memory does not fit.
-  const long = planMemory(cfg, { ...SETTINGS, context: 65536 });
+  const long = planMemory(cfg, { ...SETTINGS, context: 4_194_304 });
   assert.equal(long.find((p) => p.stage === "generate")!.fits, false);
 });
 
