@@ -29,6 +29,7 @@
 // same inputs and seed give bit-identical centroids and codes.
 import code from "../../shaders/kmeans.wgsl" with { type: "text" };
 import { type Binding, type Gpu, grid } from "../gpu/device.ts";
+import { expandWgsl } from "../gpu/template.ts";
 import { Rng } from "../util/rng.ts";
 
 export interface KmeansOptions {
@@ -107,41 +108,6 @@ function groupStart(g: number, n: number, G: number): number {
 /** Points each scan invocation holds: more amortise the centroid loads, but cost registers. */
 function pointsPerInvocation(d: number): number {
   return d <= 8 ? 64 : 32;
-}
-
-/**
- * Expands the shader template: `${name}` becomes vars[name], and lines between
- * `//#for v < LIMIT` and `//#end` repeat for v = 0 .. vars[LIMIT] - 1 (nesting allowed).
- */
-export function expandTemplate(src: string, vars: Record<string, number>): string {
-  const lines = src.split("\n");
-  const out: string[] = [];
-  const emit = (from: number, to: number, env: Record<string, number>): void => {
-    for (let i = from; i < to; i++) {
-      const t = lines[i].trim();
-      const m = /^\/\/#for (\w+) < (\w+)$/.exec(t);
-      if (m) {
-        let depth = 1, end = i + 1;
-        for (; end < to; end++) {
-          const u = lines[end].trim();
-          if (u.startsWith("//#for ")) depth++;
-          else if (u === "//#end" && --depth === 0) break;
-        }
-        if (depth !== 0) throw new Error(`kmeans.wgsl:${i + 1}: //#for without //#end`);
-        const limit = env[m[2]];
-        if (limit === undefined) throw new Error(`kmeans.wgsl:${i + 1}: unknown limit ${m[2]}`);
-        for (let v = 0; v < limit; v++) emit(i + 1, end, { ...env, [m[1]]: v });
-        i = end;
-        continue;
-      }
-      if (t === "//#end") throw new Error(`kmeans.wgsl:${i + 1}: //#end without //#for`);
-      out.push(
-        lines[i].replace(/\$\{(\w+)\}/g, (s, name: string) => name in env ? `${env[name]}` : s),
-      );
-    }
-  };
-  emit(0, lines.length, vars);
-  return out.join("\n");
 }
 
 /** f32 at or below v (v >= 0). */
@@ -493,7 +459,7 @@ class Assigner {
     const plan = planBuffers(d, n, gpu.limits.maxBinding, accelerate, maxGroups, maxPoints);
     this.G = plan.G;
     this.jn = plan.jn;
-    const src = expandTemplate(code, { D: d, P: this.P, WG });
+    const src = expandWgsl(code, { D: d, P: this.P, WG }, "kmeans.wgsl");
     const name = `kmeans_d${d}_p${this.P}_w${WG}`;
     this.scanPipe = gpu.pipeline(name, src, "scan");
     this.boundsPipe = gpu.pipeline(name, src, "bounds");

@@ -10,9 +10,9 @@ import {
   type LinearIO,
   MAX_ROWS_PER_DISPATCH,
   MIN_GROUPS,
-  templateModule,
   xQuads,
 } from "./codebook_linear.ts";
+import { templateModule } from "../gpu/template.ts";
 
 /**
  * Most tokens for which the matvec kernels beat the tiled matmul (src/model/linear.ts routes

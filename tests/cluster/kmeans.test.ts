@@ -2,7 +2,6 @@ import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
 import {
   assignNearest,
-  expandTemplate,
   initCentroids,
   kmeans,
   kmeansGpuBytes,
@@ -251,12 +250,6 @@ Deno.test("kmeansGpuBytes predicts the GPU memory a run allocates", async () => 
     assert.equal(gpu.bytesPeak - live, kmeansGpuBytes(5000, 4, 300, gpu.limits.maxBinding, opts));
     assert.equal(gpu.bytesLive, live, "every buffer released");
   }
-});
-
-Deno.test("shader template expands nested //#for blocks", () => {
-  const src = "a ${D}\n//#for j < P\nx${j}\n//#for k < D\ny${j}_${k}\n//#end\n//#end\nz";
-  assert.equal(expandTemplate(src, { D: 2, P: 2 }), "a 2\nx0\ny0_0\ny0_1\nx1\ny1_0\ny1_1\nz");
-  assert.throws(() => expandTemplate("//#for j < P\nx", { P: 1 }), /without \/\/#end/);
 });
 
 Deno.test({

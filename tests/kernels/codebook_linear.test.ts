@@ -5,7 +5,6 @@ import {
   type CodebookForm,
   type CodebookLayer,
   codebookLinear,
-  expandWgsl,
   formsFor,
 } from "../../src/kernels/codebook_linear.ts";
 import { Rng } from "../../src/util/rng.ts";
@@ -269,19 +268,4 @@ Deno.test("chooseForm picks a form that can run the shape", () => {
       if (!formsFor(l, N).includes(f)) throw new Error(`chooseForm(n=${n}, N=${N}) = ${f}`);
     }
   }
-});
-
-Deno.test("expandWgsl repeats, keeps and substitutes", () => {
-  const src = [
-    "//#for i < K",
-    "a${i * 2 + 1}",
-    "//#if i % 2 == 0 && K > 1",
-    "even ${T}",
-    "//#end",
-    "//#end",
-    "// ${not expanded}",
-  ].join("\n");
-  const got = expandWgsl(src, { K: 3, T: "f32" });
-  const want = "a1\neven f32\na3\na5\neven f32\n// ${not expanded}";
-  if (got !== want) throw new Error(`expandWgsl gave ${JSON.stringify(got)}`);
 });
