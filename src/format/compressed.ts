@@ -7,6 +7,7 @@
 // src/format/pack.ts (quantization_config.codes_packing = "lsb-u8"). Folders written before
 // packing hold U8 / U16 codes [in, ceil(out / d)] (codes_dtype "U8" / "U16"); both load.
 import { existsSync } from "node:fs";
+import { z } from "zod";
 import { join } from "node:path";
 import { decodeT } from "../cluster/vectorize.ts";
 import { rtnDequantize } from "../cluster/rtn.ts";
@@ -65,27 +66,60 @@ export interface TensorBytes {
   data: Uint8Array;
 }
 
-/** The quantization_config of a folder's config.json, or null for a dense model. */
+const posInt = z.number().int().positive();
+const clusterModule = z.object({
+  d: posInt,
+  n: posInt.max(65536),
+  pad: z.number().int().nonnegative(),
+  splits: posInt,
+  codebook_dtype: z.enum(["f16", "bf16"]),
+  codes_dtype: z.enum(["packed", "U8", "U16"]),
+  code_bits: posInt.max(16).optional(),
+}).passthrough();
+const rtnModule = z.object({ bits: posInt.max(16), group: posInt }).passthrough();
+const quantConfig = z.object({
+  quant_method: z.enum(["cluscomp", "rtn"]),
+  bits_per_weight: z.number().nonnegative(),
+  stored_bits_per_weight: z.number().nonnegative(),
+  codes_packing: z.literal(CODES_PACKING).optional(),
+  modules: z.record(z.unknown()),
+}).passthrough();
+
+/** The quantization_config of a folder's config.json (validated), or null for a dense model. */
 export async function readQuantConfig(dir: string): Promise<QuantizationConfig | null> {
   const path = join(dir, "config.json");
   if (!existsSync(path)) return null;
-  const raw = JSON.parse(await Deno.readTextFile(path));
-  const qc = raw.quantization_config;
-  if (!qc) return null;
-  if (qc.quant_method !== "cluscomp" && qc.quant_method !== "rtn") {
-    throw new UserError(
-      `${path}: unsupported quantization_config.quant_method "${qc.quant_method}" (supported: cluscomp, rtn)`,
-    );
+  let raw: { quantization_config?: unknown };
+  try {
+    raw = JSON.parse(await Deno.readTextFile(path));
+  } catch (e) {
+    throw new UserError(`${path}: not valid JSON (${(e as Error).message.split("\n")[0]})`);
   }
-  if (typeof qc.modules !== "object" || qc.modules === null) {
-    throw new UserError(`${path}: quantization_config.modules is missing`);
+  const qc = raw?.quantization_config;
+  if (qc === undefined || qc === null) return null;
+  const top = quantConfig.safeParse(qc);
+  if (!top.success) throw new UserError(`${path}: ${zodIssue("quantization_config", top.error)}`);
+  const method = top.data.quant_method;
+  const schema = method === "cluscomp" ? clusterModule : rtnModule;
+  for (const [name, m] of Object.entries(top.data.modules)) {
+    const r = schema.safeParse(m);
+    if (!r.success) {
+      throw new UserError(
+        `${path}: ${zodIssue(`quantization_config.modules["${name}"]`, r.error)}`,
+      );
+    }
   }
-  if (qc.codes_packing !== undefined && qc.codes_packing !== CODES_PACKING) {
-    throw new UserError(
-      `${path}: unsupported quantization_config.codes_packing "${qc.codes_packing}" (supported: ${CODES_PACKING})`,
-    );
-  }
-  return qc as QuantizationConfig;
+  return top.data as unknown as QuantizationConfig;
+}
+
+/** One line for the first zod issue: the field's path and what is wrong. */
+function zodIssue(root: string, err: z.ZodError): string {
+  const i = err.issues[0];
+  const field = i.path.reduce<string>(
+    (a, k) => typeof k === "number" ? `${a}[${k}]` : `${a}.${k}`,
+    root,
+  );
+  return `${field}: ${i.message}`;
 }
 
 /** Module name (no .weight suffix) of a linear. */
