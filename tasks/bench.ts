@@ -6,6 +6,7 @@ import { benchLinear, linearBenchOptions } from "../src/bench/codebook_linear.ts
 import { benchEval } from "../src/bench/eval.ts";
 import { benchFinetuneStep } from "../src/bench/finetune.ts";
 import { benchKmeans } from "../src/bench/kmeans.ts";
+import { qualityRows } from "../src/bench/quality.ts";
 import { benchMatmul } from "../src/bench/matmul.ts";
 import { parseFlags } from "../src/cli/args.ts";
 import { runMain } from "../src/cli/main.ts";
@@ -65,5 +66,17 @@ await runMain(async (argv) => {
   if (want("finetune")) {
     const dir = `${shared}/fixtures/tinyllama-6.8m`;
     if (existsSync(dir)) emit(await benchFinetuneStep(gpu, dir, 128, quick ? 3 : 20));
+  }
+  if (want("quality")) {
+    // ClusComp (no finetuning) against RTN at the same bits: wiki ppl, seqlen 128, 64 windows.
+    const wiki = `${shared}/data/wikitext2/wiki.test.raw`;
+    for (const m of ["stories260K", "tinyllama-6.8m"]) {
+      const dir = `${shared}/fixtures/${m}`;
+      if (!existsSync(dir)) {
+        console.error(`bench: ${dir} missing, quality skipped`);
+        continue;
+      }
+      await qualityRows(dir, wiki, undefined, quick ? 8 : 64, emit);
+    }
   }
 });

@@ -8,6 +8,7 @@ import { LINEAR_KINDS, type LinearKind, loadConfig } from "../io/config.ts";
 import { compress, type CompressSettings } from "../pipeline/compress.ts";
 import { parseDuration, RunControl } from "../pipeline/control.ts";
 import { Progress } from "../pipeline/progress.ts";
+import { bitsText, originalBitsPerWeight } from "../pipeline/report.ts";
 import { bytesFlag, intFlag, numberFlag, parseFlags } from "./args.ts";
 
 export const COMPRESS_HELP =
@@ -270,7 +271,8 @@ export async function compressMain(argv: string[]): Promise<number> {
         `| model | bits/weight | ppl (${e.original.seqlen}, ${e.original.windows} windows) |`,
       );
       console.log(`| --- | --- | --- |`);
-      console.log(`| original | 16 | ${e.original.ppl.toFixed(4)} |`);
+      const orig = bitsText(await originalBitsPerWeight(r.model));
+      console.log(`| original | ${orig} | ${e.original.ppl.toFixed(4)} |`);
       const label = r.finetune ? `${r.method} + finetune` : r.method;
       console.log(
         `| ${label} | ${r.bits_per_weight.toFixed(3)} | ${e.compressed.ppl.toFixed(4)} |`,

@@ -47,6 +47,8 @@ export interface MatrixPlan {
 }
 
 export const MAX_N = 65536;
+/** Largest vector length: the k-means kernels (src/cluster/kmeans.ts) handle d from 1 to 16. */
+export const MAX_D = 16;
 const D_CANDIDATES = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10];
 
 /** Bits per weight of one matrix for (d, n). */
@@ -81,7 +83,7 @@ export function validatePair(
   if (!Number.isInteger(d) || d < 1) {
     throw new UserError(`${kind}: d must be an integer >= 1 (got ${d})`);
   }
-  if (d > 64) throw new UserError(`${kind}: d = ${d} is larger than 64`);
+  if (d > MAX_D) throw new UserError(`${kind}: d = ${d} is larger than ${MAX_D}`);
   if (!Number.isInteger(n) || n < 2) {
     throw new UserError(`${kind}: n must be an integer >= 2 (got ${n})`);
   }
@@ -138,6 +140,14 @@ export async function planMatrices(
   if (s.bits !== undefined && !(s.bits > 0)) {
     throw new UserError(`compress: --bits must be > 0 (got ${s.bits})`);
   }
+  // A bad d names the flag it came from, before any matrix is looked at.
+  const checkD = (d: number | undefined, flag: string) => {
+    if (d !== undefined && (!Number.isInteger(d) || d < 1 || d > MAX_D)) {
+      throw new UserError(`compress: ${flag} must be an integer from 1 to ${MAX_D} (got ${d})`);
+    }
+  };
+  checkD(s.d, "--d");
+  for (const k of LINEAR_KINDS) checkD(s.overrides[k]?.d, `--override ${k}:d`);
   const plans: MatrixPlan[] = [];
   for (const lin of linearNames(0, cfg)) {
     const o = s.overrides[lin.kind] ?? {};

@@ -291,7 +291,8 @@ async function finetuneBlock(
     for (let epoch = epoch0 + 1; epoch <= settings.epochs && stale < settings.patience; epoch++) {
       inp.checkpoint?.();
       const order = shuffle(trainIdx, new Rng(settings.seed * 7919 + l * 1000 + epoch));
-      let lossSum = 0;
+      // Mean of the losses read back (every 8th step and the last one), over those read.
+      let lossSum = 0, lossCount = 0;
       for (let k = 0; k < order.length; k++) {
         const i = order[k];
         await gpu.write(x.buffer, studentIn[i]);
@@ -308,6 +309,7 @@ async function finetuneBlock(
           let sq = 0;
           for (const v of await s.sq.toF32()) sq += v;
           lossSum += sq / (H * T);
+          lossCount++;
           progress.update({
             stage: "finetune",
             done: l,
@@ -319,7 +321,7 @@ async function finetuneBlock(
           });
         }
       }
-      trainLoss.push(lossSum / Math.ceil(order.length / 8));
+      trainLoss.push(lossSum / lossCount);
       const mse = await evalMse(selectIdx);
       epochMse.push(mse);
       if (mse < bestMse) {

@@ -1,7 +1,7 @@
 // The compress pipeline: load, cluster (or RTN) per block into the work directory, export the
 // compressed folder, and optionally evaluate original and compressed perplexity.
 import { existsSync } from "node:fs";
-import { dirname, join } from "node:path";
+import { dirname, join, relative } from "node:path";
 import { kmeans } from "../cluster/kmeans.ts";
 import {
   type ClusterSettings,
@@ -31,7 +31,7 @@ import {
 } from "../format/compressed.ts";
 import { codeBits } from "../format/pack.ts";
 import { getGpu } from "../gpu/device.ts";
-import { linearNames, type ModelConfig } from "../io/config.ts";
+import { LINEAR_KINDS, linearNames, type ModelConfig } from "../io/config.ts";
 import { decodeSafetensors, encodeSafetensors } from "../io/safetensors.ts";
 import { readText } from "../io/text.ts";
 import { Tokenizer } from "../io/tokenizer.ts";
@@ -46,8 +46,9 @@ import {
 import { openModel } from "../model/open.ts";
 import type { WeightSource } from "../model/weights.ts";
 import { Rng } from "../util/rng.ts";
+import { z } from "zod";
 import { writeFileAtomic } from "./atomic.ts";
-import { sha256 } from "./hash.ts";
+import { sha256, sha256Files } from "./hash.ts";
 import type { Progress } from "./progress.ts";
 import { RunControl } from "./control.ts";
 import { writeReport } from "./report.ts";
@@ -96,30 +97,50 @@ export interface CompressResult {
   gpu_peak: Record<string, number>;
 }
 
-/** Hash of what the inputs are: config, tokenizer and each safetensors file's name, size and header. */
-export async function inputsHash(dir: string, files: string[]): Promise<string> {
-  const parts: string[] = [];
-  for (const f of ["config.json", "tokenizer.json"]) {
-    parts.push(f, await sha256(await Deno.readFile(join(dir, f))));
-  }
-  for (const file of files) {
-    const fh = await Deno.open(file, { read: true });
+/** What the inputs are: the SHA-256 of each input file, and one hash over all of them. */
+export interface InputHashes {
+  /** File name (relative to the model folder) -> SHA-256 of the whole file. */
+  files: Record<string, string>;
+  hash: string;
+}
+
+/**
+ * Hashes the inputs (config, tokenizer and every safetensors file, whole files). With `work`,
+ * file hashes are cached in `work/input-hashes.json` by path, size and modification time, so a
+ * rerun reads a large model only when a file's size or mtime changed.
+ */
+export async function inputsHash(
+  dir: string,
+  files: string[],
+  work?: string,
+): Promise<InputHashes> {
+  const list = ["config.json", "tokenizer.json"].map((name) => ({ name, path: join(dir, name) }))
+    .concat(files.map((path) => ({ name: relative(dir, path), path })));
+  let cache: string | undefined;
+  if (work) {
     try {
-      const size = (await fh.stat()).size;
-      const head = new Uint8Array(Math.min(size, 1 << 20));
-      let off = 0;
-      while (off < head.length) {
-        const n = await fh.read(head.subarray(off));
-        if (n === null) break;
-        off += n;
-      }
-      parts.push(file.split("/").pop()!, String(size), await sha256(head));
-    } finally {
-      fh.close();
+      await Deno.mkdir(work, { recursive: true });
+      cache = join(work, "input-hashes.json");
+    } catch {
+      // no cache: WorkDir.open reports an unusable work directory
     }
   }
-  return sha256(parts.join("\n"));
+  const hashes = await sha256Files(list, cache);
+  const lines = Object.keys(hashes).sort().map((n) => `${n} ${hashes[n]}`);
+  return { files: hashes, hash: await sha256(lines.join("\n")) };
 }
+
+/** What a cluster / RTN block unit keeps in its info (checked when read back). */
+const BlockInfo = z.object({
+  facts: z.array(z.object({
+    kind: z.enum(LINEAR_KINDS),
+    objective: z.number(),
+    mse: z.number(),
+    distanceEvals: z.number(),
+    bruteForceEvals: z.number(),
+    seconds: z.number(),
+  })),
+}) satisfies z.ZodType<{ facts: MatrixFacts[] }>;
 
 /** Quick k-means on a sample of one layer's matrix, for ranking (d, n) pairs. */
 function sampleErrorFn(cfg: ModelConfig, src: WeightSource, seed: number) {
@@ -167,13 +188,13 @@ export async function compress(
   const m = await openModel(s.model);
   const tokenizer = await Tokenizer.load(s.model);
   const { cfg, source, index } = m;
-  const inputs = await inputsHash(s.model, index.files);
+  const inputs = await inputsHash(s.model, index.files, s.work);
   let plan: MatrixPlan[] | undefined, cached: MatrixPlan[] | undefined;
   let bits: { total: number; stored: number };
   if (s.method === "cluscomp") {
     cached = await cachedPlan(
       s,
-      inputs,
+      inputs.hash,
       () => planMatrices(cfg, s.cluster, sampleErrorFn(cfg, source, s.cluster.seed)),
     );
     // Stored bits as this version writes them (packed codes), also for a plan cached by an
@@ -215,12 +236,7 @@ export async function compress(
     finetune: ft ?? null,
     eval: s.eval ? { ...s.eval, codebookDtype: s.cluster.codebookDtype } : null,
   };
-  const work = await WorkDir.open(
-    s.work,
-    stages,
-    await inputsHash(s.model, index.files),
-    s.restart,
-  );
+  const work = await WorkDir.open(s.work, stages, inputs.files, s.restart);
   const result: CompressResult = {
     method: s.method,
     model: s.model,
@@ -248,9 +264,9 @@ export async function compress(
       decodeSafetensors(await work.read(unit), work.path(`${unit}.safetensors`));
     for (let l = 0; l < cfg.layers; l++) {
       const unit = unitName(l);
-      const done = await work.done(unit);
+      const done = await work.done(unit, BlockInfo);
       if (done) {
-        result.blocks.push({ layer: l, facts: done.info?.facts as MatrixFacts[], resumed: true });
+        result.blocks.push({ layer: l, facts: done.info.facts, resumed: true });
         progress.update({ stage, done: l + 1, total: cfg.layers, block: l, resumed: "yes" });
         continue;
       }
@@ -405,6 +421,21 @@ async function cachedPlan(
   return plan;
 }
 
+/** What an evaluation unit holds (checked when read back; a mismatch evaluates again). */
+const EvalUnit = z.object({
+  model: z.string(),
+  text: z.string(),
+  ppl: z.number(),
+  nll: z.number(),
+  tokens: z.number(),
+  windows: z.number(),
+  seqlen: z.number(),
+  seconds: z.number(),
+  tokens_per_s: z.number(),
+  gpu_peak_bytes: z.number(),
+  adapter: z.string(),
+}) satisfies z.ZodType<Omit<EvalResult, "firstLogits">>;
+
 /** An evaluation kept as a work unit, so a resumed run does not repeat it. */
 async function evalUnit(
   work: WorkDir,
@@ -412,8 +443,15 @@ async function evalUnit(
   control: RunControl,
   run: () => Promise<EvalResult>,
 ): Promise<Omit<EvalResult, "firstLogits">> {
-  const done = await work.done(unit);
-  if (done) return JSON.parse(new TextDecoder().decode(await work.read(unit)));
+  const done = await work.load(unit);
+  if (done) {
+    try {
+      const kept = EvalUnit.safeParse(JSON.parse(new TextDecoder().decode(done.data)));
+      if (kept.success) return kept.data;
+    } catch {
+      // not JSON: evaluate again
+    }
+  }
   control.checkpoint();
   const { firstLogits: _, ...r } = await run();
   await work.complete(unit, `${unit}.json`, new TextEncoder().encode(JSON.stringify(r)));

@@ -1,19 +1,49 @@
 // report.json, report.md and loss.svg for a compressed folder.
 import { join } from "node:path";
 import type { BlockReport } from "../finetune/stage.ts";
+import { linearNames, loadConfig } from "../io/config.ts";
+import { DTYPE_SIZE, SafetensorsIndex } from "../io/safetensors.ts";
 import type { CompressResult } from "./compress.ts";
+
+/**
+ * Bits per weight of the original model's linears as stored (F32 32, F16 and BF16 16), weighted
+ * by size: what the compressed linears are compared with.
+ */
+export async function originalBitsPerWeight(model: string): Promise<number> {
+  const cfg = await loadConfig(model);
+  const idx = await SafetensorsIndex.open(model);
+  try {
+    let bits = 0, weights = 0;
+    for (let l = 0; l < cfg.layers; l++) {
+      for (const lin of linearNames(l, cfg)) {
+        const t = idx.info(lin.name);
+        const n = t.shape.reduce((a, b) => a * b, 1);
+        bits += 8 * DTYPE_SIZE[t.dtype] * n;
+        weights += n;
+      }
+    }
+    return bits / weights;
+  } finally {
+    idx.close();
+  }
+}
 
 export async function writeReport(dir: string, r: CompressResult): Promise<void> {
   await Deno.writeTextFile(join(dir, "report.json"), JSON.stringify(r, null, 2) + "\n");
-  await Deno.writeTextFile(join(dir, "report.md"), reportMarkdown(r));
+  const originalBits = r.eval ? await originalBitsPerWeight(r.model) : undefined;
+  await Deno.writeTextFile(join(dir, "report.md"), reportMarkdown(r, originalBits));
   const svg = lossSvg(r);
   if (svg) await Deno.writeTextFile(join(dir, "loss.svg"), svg);
 }
 
 const fmt = (x: number | undefined, digits = 4) => x === undefined ? "-" : x.toFixed(digits);
+/** 32 or 16 as an integer, a mixed model's weighted width with 3 digits. */
+export const bitsText = (b: number | undefined) =>
+  b === undefined ? "-" : Number.isInteger(b) ? String(b) : b.toFixed(3);
 const mib = (b: number) => `${(b / 2 ** 20).toFixed(1)} MiB`;
 
-export function reportMarkdown(r: CompressResult): string {
+/** `originalBits`: the original's bits per weight (originalBitsPerWeight); "-" when not given. */
+export function reportMarkdown(r: CompressResult, originalBits?: number): string {
   const out: string[] = [];
   out.push(`# cluscomp report`, "");
   out.push(`- model: \`${r.model}\``);
@@ -51,7 +81,7 @@ export function reportMarkdown(r: CompressResult): string {
       "",
     );
     out.push("| model | bits per weight | ppl |", "| --- | --- | --- |");
-    out.push(`| original | 16 | ${fmt(e.original.ppl)} |`);
+    out.push(`| original | ${bitsText(originalBits)} | ${fmt(e.original.ppl)} |`);
     const label = r.finetune ? `${r.method} + finetune` : r.method;
     out.push(`| ${label} | ${fmt(r.bits_per_weight, 3)} | ${fmt(e.compressed.ppl)} |`, "");
   }

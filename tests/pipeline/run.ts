@@ -6,7 +6,22 @@ export interface RunResult {
   code: number;
   stdout: string;
   stderr: string;
+  /** The kill landed: SIGKILL was sent and the process died of it (not a normal exit first). */
   killed?: boolean;
+  /** The signal that ended the process, if one did. */
+  signal?: Deno.Signal | null;
+}
+
+/** SIGKILLs a child (if still running) and reports whether it died of that signal. */
+export async function killLanded(child: Deno.ChildProcess): Promise<boolean> {
+  let sent = true;
+  try {
+    child.kill("SIGKILL");
+  } catch {
+    sent = false; // already exited
+  }
+  const status = await child.status;
+  return sent && status.signal === "SIGKILL";
 }
 
 export function compressArgs(model: string, out: string, extra: string[]): string[] {
@@ -23,25 +38,36 @@ export async function runTask(task: string, args: string[]): Promise<RunResult> 
   return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
 }
 
-/** Runs a task and SIGKILLs it as soon as its stderr matches `pattern`. */
+/**
+ * Runs a task and SIGKILLs it as soon as its stderr matches `pattern`. `killed` is true only when
+ * the process then died of the signal (a run that finished first reads false).
+ */
 export async function runUntil(task: string, args: string[], pattern: RegExp): Promise<RunResult> {
   const child = new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", `${ROOT}tasks/${task}.ts`, ...args],
     stdout: "piped",
     stderr: "piped",
   }).spawn();
-  let stderr = "", killed = false;
+  let stderr = "", sent = false;
   const dec = new TextDecoder();
   const stdoutDone = new Response(child.stdout).text();
   for await (const chunk of child.stderr) {
     stderr += dec.decode(chunk, { stream: true });
-    if (!killed && pattern.test(stderr)) {
-      child.kill("SIGKILL");
-      killed = true;
+    if (!sent && pattern.test(stderr)) {
+      try {
+        child.kill("SIGKILL");
+        sent = true;
+      } catch { /* already exited: the kill did not land */ }
     }
   }
   const status = await child.status;
-  return { code: status.code, stdout: await stdoutDone, stderr, killed };
+  return {
+    code: status.code,
+    stdout: await stdoutDone,
+    stderr,
+    killed: sent && status.signal === "SIGKILL",
+    signal: status.signal,
+  };
 }
 
 /** Every file under a folder (relative path -> bytes). */
