@@ -11,7 +11,7 @@ export { loadConfig, type ModelConfig, parseConfig } from "./src/io/config.ts";
 export { SafetensorsIndex, writeSafetensors } from "./src/io/safetensors.ts";
 export { Tokenizer } from "./src/io/tokenizer.ts";
 export { gptqWindows, readText } from "./src/io/text.ts";
-export { openModel } from "./src/model/open.ts";
+export { openModel } from "./src/format/open.ts";
 export { LlamaModel } from "./src/model/model.ts";
 export {
   generate,

@@ -5,7 +5,7 @@
 // call per sync (the ~10 ms submit-and-wait round trip of llvmpipe cancels), the best of a few
 // trials, after a warm-up call that compiles the pipelines.
 import process from "node:process";
-import { codeBits, packCodes, packedWords } from "../format/pack.ts";
+import { codeBits, packCodes, packedWords } from "../io/pack.ts";
 import type { Gpu } from "../gpu/device.ts";
 import {
   chooseForm,

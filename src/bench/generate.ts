@@ -4,11 +4,11 @@
 // and weight bytes read per generated token.
 import type { Gpu } from "../gpu/device.ts";
 import { Tokenizer } from "../io/tokenizer.ts";
-import { openModel } from "../model/open.ts";
+import { openModel } from "../format/open.ts";
 import { generate, Runner } from "../model/runner.ts";
 import { decodedView, type WeightSource } from "../model/weights.ts";
 import { compress } from "../pipeline/compress.ts";
-import { Progress } from "../pipeline/progress.ts";
+import { Progress } from "../util/progress.ts";
 
 /** Compresses `model` (no finetuning, ~2 bits: d 4, n 256) into a temporary folder. */
 export async function benchFolder(model: string, iters: number): Promise<string> {

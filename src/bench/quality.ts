@@ -2,7 +2,7 @@
 // (overheads included), WikiText-2 perplexity (seqlen 128, first 64 windows). RTN runs first;
 // ClusComp then gets RTN's measured bits as its budget (d = 2, k-means++ init).
 import { compress, type CompressSettings } from "../pipeline/compress.ts";
-import { Progress } from "../pipeline/progress.ts";
+import { Progress } from "../util/progress.ts";
 
 export interface RtnSetting {
   bits: number;

@@ -7,7 +7,7 @@ import { defaultCalib, defaultLr } from "../finetune/calib.ts";
 import { LINEAR_KINDS, type LinearKind, loadConfig } from "../io/config.ts";
 import { compress, type CompressSettings } from "../pipeline/compress.ts";
 import { parseDuration, RunControl } from "../pipeline/control.ts";
-import { Progress } from "../pipeline/progress.ts";
+import { Progress } from "../util/progress.ts";
 import { bitsText, originalBitsPerWeight } from "../pipeline/report.ts";
 import { bytesFlag, intFlag, numberFlag, parseFlags } from "./args.ts";
 

@@ -1,6 +1,6 @@
 // `cluscomp eval`: GPTQ-style perplexity of a model folder on a text file.
 import { evaluatePerplexity } from "../eval/perplexity.ts";
-import { Progress } from "../pipeline/progress.ts";
+import { Progress } from "../util/progress.ts";
 import { bytesFlag, intFlag, parseFlags, requireString } from "./args.ts";
 
 export const EVAL_HELP = `cluscomp eval: perplexity of a model on a text, the GPTQ way

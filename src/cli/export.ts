@@ -1,7 +1,7 @@
 // `cluscomp export --dequantize IN OUT [--dtype T]`: a plain checkpoint other tools load as usual.
 import { UserError } from "../errors.ts";
 import { dequantize, EXPORT_DTYPES } from "../export/dequantize.ts";
-import { Progress } from "../pipeline/progress.ts";
+import { Progress } from "../util/progress.ts";
 import { parseFlags } from "./args.ts";
 
 export const EXPORT_HELP = `cluscomp export: write a compressed folder as a plain model

@@ -3,7 +3,7 @@ import { UserError } from "../errors.ts";
 import { getGpu } from "../gpu/device.ts";
 import { StopFilter, TextStream } from "../io/detok.ts";
 import { Tokenizer } from "../io/tokenizer.ts";
-import { openModel } from "../model/open.ts";
+import { openModel } from "../format/open.ts";
 import { generate, type GenerateResult, Runner } from "../model/runner.ts";
 import { bytesFlag, intFlag, numberFlag, parseFlags, requireString } from "./args.ts";
 

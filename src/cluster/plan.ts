@@ -1,8 +1,8 @@
 // Bits accounting and the choice of (d, n) per matrix kind. Bits per weight counts the codes at
 // log2(n) bits per d-vector (padding included) plus the codebook's own share; as stored, codes
-// take ceil(log2 n) bits each (src/format/pack.ts) and codebooks 16 bits per value.
+// take ceil(log2 n) bits each (src/io/pack.ts) and codebooks 16 bits per value.
 import { UserError } from "../errors.ts";
-import { codeBits as packedCodeBits } from "../format/pack.ts";
+import { codeBits as packedCodeBits } from "../io/pack.ts";
 import { LINEAR_KINDS, type LinearKind, linearNames, type ModelConfig } from "../io/config.ts";
 
 export type CodebookDtype = "f16" | "bf16";

@@ -4,8 +4,8 @@ import { getGpu } from "../gpu/device.ts";
 import { gptqWindows, readText } from "../io/text.ts";
 import { Tokenizer } from "../io/tokenizer.ts";
 import { LlamaModel } from "../model/model.ts";
-import { openModel } from "../model/open.ts";
-import type { Progress } from "../pipeline/progress.ts";
+import { openModel } from "../format/open.ts";
+import type { Progress } from "../util/progress.ts";
 
 export interface EvalSettings {
   model: string;

@@ -6,9 +6,9 @@ import { UserError } from "../errors.ts";
 import { type TensorBytes, writeCompressedModel } from "../format/compressed.ts";
 import { linearNames } from "../io/config.ts";
 import { bytesToF32, type Dtype, f32ToBf16Bytes, f32ToF16Bytes } from "../io/safetensors.ts";
-import { openModel } from "../model/open.ts";
+import { openModel } from "../format/open.ts";
 import { transpose } from "../util/matrix.ts";
-import type { Progress } from "../pipeline/progress.ts";
+import type { Progress } from "../util/progress.ts";
 
 export type FloatDtype = "F32" | "F16" | "BF16";
 

@@ -11,8 +11,8 @@ import { ropeTables } from "../kernels/rope.ts";
 import { BlockScratch, forwardBlock, releaseBlock, uploadBlock } from "../model/block.ts";
 import type { WeightSource } from "../model/weights.ts";
 import type { TensorBytes } from "../format/compressed.ts";
-import type { Progress } from "../pipeline/progress.ts";
-import type { WorkDir } from "../pipeline/workdir.ts";
+import type { Progress } from "../util/progress.ts";
+import type { WorkDir } from "../io/workdir.ts";
 import { Rng } from "../util/rng.ts";
 import { type AdamWSettings, type CodebookData, StudentBlock } from "./student.ts";
 

@@ -4,7 +4,7 @@
 //
 // ClusComp codes are written packed (codes_dtype "packed"): `<module>.codes` is a 1-D U8 tensor
 // of packedBytes(in * ceil(out / d), code_bits) bytes, the little-endian LSB-first bit stream of
-// src/format/pack.ts (quantization_config.codes_packing = "lsb-u8"). Folders written before
+// src/io/pack.ts (quantization_config.codes_packing = "lsb-u8"). Folders written before
 // packing hold U8 / U16 codes [in, ceil(out / d)] (codes_dtype "U8" / "U16"); both load.
 import { existsSync } from "node:fs";
 import { z } from "zod";
@@ -24,9 +24,9 @@ import {
   packedBytes,
   unpackCodes,
   wordsToBytes,
-} from "./pack.ts";
+} from "../io/pack.ts";
 
-/** quantization_config.codes_packing of folders with packed codes (see src/format/pack.ts). */
+/** quantization_config.codes_packing of folders with packed codes (see src/io/pack.ts). */
 export const CODES_PACKING = "lsb-u8";
 
 export interface ClusterModule {

@@ -5,7 +5,7 @@
 // Three forms (shaders/codebook_linear.wgsl, a template expanded per shape): "matvec" and "lut"
 // for a few tokens, "tile" for many. chooseForm picks one from measurements (see there).
 import code from "../../shaders/codebook_linear.wgsl" with { type: "text" };
-import { codeBits, packedWords } from "../format/pack.ts";
+import { codeBits, packedWords } from "../io/pack.ts";
 import { type Gpu, grid } from "../gpu/device.ts";
 import { templateModule, type WgslVars } from "../gpu/template.ts";
 
@@ -20,11 +20,11 @@ export interface CodebookLayer {
   n: number;
   /** Codebooks along the input rows: rows [s * in / splits, (s + 1) * in / splits) use codebook s. */
   splits: number;
-  /** Bits per code (src/format/pack.ts codeBits(n)). */
+  /** Bits per code (src/io/pack.ts codeBits(n)). */
   bits: number;
   /** f32 [splits * n, d]. */
   centroids: GPUBuffer;
-  /** u32 words: the packed codes of [in, ceil(out / d)] row-major (src/format/pack.ts). */
+  /** u32 words: the packed codes of [in, ceil(out / d)] row-major (src/io/pack.ts). */
   codes: GPUBuffer;
 }
 

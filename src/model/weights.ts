@@ -24,11 +24,11 @@ export interface CodebookData {
   d: number;
   n: number;
   splits: number;
-  /** Bits per code (src/format/pack.ts). */
+  /** Bits per code (src/io/pack.ts). */
   bits: number;
   /** f32 [splits * n, d] (decoded from the stored f16/bf16). */
   centroids: Float32Array;
-  /** Packed codes of [in, ceil(out / d)] row-major as u32 words (src/format/pack.ts). */
+  /** Packed codes of [in, ceil(out / d)] row-major as u32 words (src/io/pack.ts). */
   codes: Uint32Array;
 }
 

@@ -4,7 +4,6 @@ import { existsSync } from "node:fs";
 import { dirname, join, relative } from "node:path";
 import { kmeans } from "../cluster/kmeans.ts";
 import {
-  type ClusterSettings,
   formatPlan,
   matrixBits,
   type MatrixPlan,
@@ -29,73 +28,27 @@ import {
   type QuantizationConfig,
   writeCompressedModel,
 } from "../format/compressed.ts";
-import { codeBits } from "../format/pack.ts";
+import { codeBits } from "../io/pack.ts";
 import { getGpu } from "../gpu/device.ts";
 import { LINEAR_KINDS, linearNames, type ModelConfig } from "../io/config.ts";
 import { decodeSafetensors, encodeSafetensors } from "../io/safetensors.ts";
 import { readText } from "../io/text.ts";
 import { Tokenizer } from "../io/tokenizer.ts";
 import { sampleWindows } from "../finetune/calib.ts";
-import {
-  type BlockReport,
-  finetune,
-  type FinetuneInput,
-  type FinetuneSettings,
-  finetuneUnit,
-} from "../finetune/stage.ts";
-import { openModel } from "../model/open.ts";
+import { finetune, type FinetuneInput, finetuneUnit } from "../finetune/stage.ts";
+import { openModel } from "../format/open.ts";
 import type { WeightSource } from "../model/weights.ts";
 import { Rng } from "../util/rng.ts";
 import { z } from "zod";
-import { writeFileAtomic } from "./atomic.ts";
-import { sha256, sha256Files } from "./hash.ts";
-import type { Progress } from "./progress.ts";
+import { writeFileAtomic } from "../io/atomic.ts";
+import { sha256, sha256Files } from "../io/hash.ts";
+import type { Progress } from "../util/progress.ts";
 import { RunControl } from "./control.ts";
 import { writeReport } from "./report.ts";
-import { WorkDir } from "./workdir.ts";
+import type { CompressResult, CompressSettings } from "./result.ts";
+import { WorkDir } from "../io/workdir.ts";
 
-export interface CompressSettings {
-  model: string;
-  out: string;
-  work: string;
-  method: "cluscomp" | "rtn";
-  cluster: ClusterSettings;
-  rtn: { bits: number; group: number };
-  eval?: { text: string; seqlen: number; maxWindows?: number };
-  /** Absent: no finetuning. */
-  finetune?: {
-    calib: string;
-    samples: number;
-    seqlen: number;
-    holdout: number;
-    train: FinetuneSettings;
-  };
-  gpuBudget: number;
-  /** Recompute from this stage on. */
-  restart?: string;
-}
-
-export interface CompressResult {
-  method: string;
-  model: string;
-  out: string;
-  bits_per_weight: number;
-  stored_bits_per_weight: number;
-  plan?: MatrixPlan[];
-  blocks: { layer: number; facts: MatrixFacts[]; resumed: boolean }[];
-  finetune?: {
-    settings: CompressSettings["finetune"];
-    blocks: BlockReport[];
-    seconds: number;
-  };
-  ppl_original?: number;
-  ppl_compressed?: number;
-  eval?: { original: Omit<EvalResult, "firstLogits">; compressed: Omit<EvalResult, "firstLogits"> };
-  seconds: { cluster: number; finetune: number; export: number; eval: number };
-  gpu_peak_bytes: number;
-  /** Peak GPU bytes held during each stage run here (not for stages resumed from checkpoints). */
-  gpu_peak: Record<string, number>;
-}
+export type { CompressResult, CompressSettings } from "./result.ts";
 
 /** What the inputs are: the SHA-256 of each input file, and one hash over all of them. */
 export interface InputHashes {

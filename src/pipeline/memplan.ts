@@ -2,7 +2,7 @@
 // (BlockScratch, BackwardScratch, the student block, k-means' buffers, the eval batches), and
 // for generating text with the compressed model (codebook weights, KV cache, one prefill).
 import { kmeansGpuBytes } from "../cluster/kmeans.ts";
-import { codebookGpuBytes } from "../format/pack.ts";
+import { codebookGpuBytes } from "../io/pack.ts";
 import type { ModelConfig } from "../io/config.ts";
 import { linearNames } from "../io/config.ts";
 import { BackwardScratch } from "../model/backward.ts";

@@ -3,7 +3,7 @@ import { join } from "node:path";
 import type { BlockReport } from "../finetune/stage.ts";
 import { linearNames, loadConfig } from "../io/config.ts";
 import { DTYPE_SIZE, SafetensorsIndex } from "../io/safetensors.ts";
-import type { CompressResult } from "./compress.ts";
+import type { CompressResult } from "./result.ts";
 
 /**
  * Bits per weight of the original model's linears as stored (F32 32, F16 and BF16 16), weighted

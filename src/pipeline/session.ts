@@ -5,7 +5,7 @@ import { getGpu, type Gpu } from "../gpu/device.ts";
 import type { ModelConfig } from "../io/config.ts";
 import { TextStream } from "../io/detok.ts";
 import { Tokenizer } from "../io/tokenizer.ts";
-import { type OpenModel, openModel } from "../model/open.ts";
+import { type OpenModel, openModel } from "../format/open.ts";
 import { generate, type GenerateResult, Runner } from "../model/runner.ts";
 
 export interface GenerateTextOptions {

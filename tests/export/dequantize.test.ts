@@ -3,12 +3,12 @@
 // bf16 rounds, a bad --dtype is one error line. On the embedded fixtures/kjv-llama.
 import assert from "node:assert/strict";
 import type { ClusterModule, QuantizationConfig } from "../../src/format/compressed.ts";
-import { unpackCodes } from "../../src/format/pack.ts";
+import { unpackCodes } from "../../src/io/pack.ts";
 import { linearNames, loadConfig } from "../../src/io/config.ts";
 import { decodeSafetensors, SafetensorsIndex } from "../../src/io/safetensors.ts";
-import { openModel } from "../../src/model/open.ts";
+import { openModel } from "../../src/format/open.ts";
 import { compress } from "../../src/pipeline/compress.ts";
-import { Progress } from "../../src/pipeline/progress.ts";
+import { Progress } from "../../src/util/progress.ts";
 import { transpose } from "../../src/util/matrix.ts";
 import { runTask } from "../pipeline/run.ts";
 

@@ -15,7 +15,7 @@ import {
   type TensorBytes,
   writeCompressedModel,
 } from "../../src/format/compressed.ts";
-import { codeBits, packCodes, packedBytes, unpackCodes } from "../../src/format/pack.ts";
+import { codeBits, packCodes, packedBytes, unpackCodes } from "../../src/io/pack.ts";
 import { type LinearKind, linearNames, loadConfig } from "../../src/io/config.ts";
 import {
   bytesToF32,
@@ -23,7 +23,7 @@ import {
   f32ToF16Bytes,
   SafetensorsIndex,
 } from "../../src/io/safetensors.ts";
-import { openModel } from "../../src/model/open.ts";
+import { openModel } from "../../src/format/open.ts";
 import { Rng } from "../../src/util/rng.ts";
 
 /** Same length and elements (first mismatch reported; no diff of large arrays). */

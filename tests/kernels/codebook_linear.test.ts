@@ -1,4 +1,4 @@
-import { codeBits, packCodes } from "../../src/format/pack.ts";
+import { codeBits, packCodes } from "../../src/io/pack.ts";
 import { getGpu, type Gpu } from "../../src/gpu/device.ts";
 import {
   chooseForm,

@@ -1,7 +1,7 @@
 // Compressed folders for the run tests: each fixture clustered without finetuning or evaluation
 // (few k-means iterations; quality is not the point), with matrix kinds at different code widths
 // so that several packings and forms run in one model. Made once per test process.
-import { Progress } from "../../src/pipeline/progress.ts";
+import { Progress } from "../../src/util/progress.ts";
 import { compress } from "../../src/pipeline/compress.ts";
 
 const made = new Map<string, Promise<string>>();

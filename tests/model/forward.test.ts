@@ -2,7 +2,7 @@
 import { assertClose } from "../util.ts";
 import { HAS_SHARED, readReference, STORIES, TINYLLAMA, WIKI } from "../shared.ts";
 import { evaluatePerplexity } from "../../src/eval/perplexity.ts";
-import { openModel } from "../../src/model/open.ts";
+import { openModel } from "../../src/format/open.ts";
 import { getGpu } from "../../src/gpu/device.ts";
 import { LlamaModel } from "../../src/model/model.ts";
 import { Tokenizer } from "../../src/io/tokenizer.ts";

@@ -3,13 +3,13 @@
 // weights of a compressed folder take.
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
-import { codeBits, packedWords } from "../../src/format/pack.ts";
+import { codeBits, packedWords } from "../../src/io/pack.ts";
 import type { ClusterModule } from "../../src/format/compressed.ts";
 import { getGpu } from "../../src/gpu/device.ts";
 import { linearNames } from "../../src/io/config.ts";
 import { Tokenizer } from "../../src/io/tokenizer.ts";
 import { LlamaModel } from "../../src/model/model.ts";
-import { openModel } from "../../src/model/open.ts";
+import { openModel } from "../../src/format/open.ts";
 import { generate, Runner } from "../../src/model/runner.ts";
 import { argmax } from "../../src/model/sample.ts";
 import { decodedView, type WeightSource } from "../../src/model/weights.ts";

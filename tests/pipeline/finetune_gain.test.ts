@@ -8,7 +8,7 @@
 import assert from "node:assert/strict";
 import type { BlockReport } from "../../src/finetune/stage.ts";
 import { compress, type CompressSettings } from "../../src/pipeline/compress.ts";
-import { Progress, type ProgressEvent } from "../../src/pipeline/progress.ts";
+import { Progress, type ProgressEvent } from "../../src/util/progress.ts";
 
 const KJV = new URL("../../fixtures/kjv-llama", import.meta.url).pathname;
 

@@ -8,7 +8,7 @@ import { linearNames, loadConfig, type ModelConfig } from "../../src/io/config.t
 import { BlockScratch } from "../../src/model/block.ts";
 import { compress } from "../../src/pipeline/compress.ts";
 import { type MemoryPlanSettings, planMemory } from "../../src/pipeline/memplan.ts";
-import { Progress } from "../../src/pipeline/progress.ts";
+import { Progress } from "../../src/util/progress.ts";
 import { HAS_SHARED, STORIES, TINYLLAMA, TINYSTORIES, WIKI } from "../shared.ts";
 
 const KJV = new URL("../../fixtures/kjv-llama", import.meta.url).pathname;

@@ -5,7 +5,7 @@ import { hostname } from "node:os";
 import { encode } from "@msgpack/msgpack";
 import { UserError } from "../../src/errors.ts";
 import { inputsHash } from "../../src/pipeline/compress.ts";
-import { WorkDir } from "../../src/pipeline/workdir.ts";
+import { WorkDir } from "../../src/io/workdir.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 const STAGES = { cluster: { iters: 3 }, finetune: { epochs: 1 }, eval: null };
@@ -117,7 +117,7 @@ Deno.test("a live lock is refused: same process, then a child process until it i
   const script = `${dir}/hold.ts`;
   await Deno.writeTextFile(
     script,
-    `import { WorkDir } from "${ROOT}src/pipeline/workdir.ts";
+    `import { WorkDir } from "${ROOT}src/io/workdir.ts";
 await WorkDir.open(${JSON.stringify(dir)}, ${JSON.stringify(STAGES)}, ${JSON.stringify(INPUTS)});
 console.log("locked");
 await new Promise(() => setInterval(() => {}, 1000));

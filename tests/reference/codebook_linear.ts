@@ -1,6 +1,6 @@
 // Plain TypeScript references for the codebook-native linear (src/kernels/codebook_linear.ts)
 // and the dense matvecs (src/kernels/matvec.ts): the same layouts on Float32Arrays, f64 sums.
-import { unpackCodes } from "../../src/format/pack.ts";
+import { unpackCodes } from "../../src/io/pack.ts";
 
 /** A codebook layer on the host: codes unpacked ([in, cols] row-major) or packed u32 words. */
 export interface CodebookRefLayer {

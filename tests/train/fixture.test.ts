@@ -6,8 +6,8 @@ import { existsSync } from "node:fs";
 import { evaluatePerplexity } from "../../src/eval/perplexity.ts";
 import { readText } from "../../src/io/text.ts";
 import { Tokenizer } from "../../src/io/tokenizer.ts";
-import { openModel } from "../../src/model/open.ts";
-import { sha256File } from "../../src/pipeline/hash.ts";
+import { openModel } from "../../src/format/open.ts";
+import { sha256File } from "../../src/io/hash.ts";
 import { BIBLE } from "../../src/train/kjv.ts";
 import { fromFileUrl } from "../util.ts";
 

@@ -4,10 +4,10 @@ import {
   CompressedSource,
   type QuantizationConfig,
   readQuantConfig,
-} from "../format/compressed.ts";
+} from "./compressed.ts";
 import { checkTensors, loadConfig, type ModelConfig } from "../io/config.ts";
 import { SafetensorsIndex } from "../io/safetensors.ts";
-import { DenseSource, type WeightSource } from "./weights.ts";
+import { DenseSource, type WeightSource } from "../model/weights.ts";
 
 export interface OpenModel {
   dir: string;

@@ -1,4 +1,4 @@
-// The packed code stream of src/format/pack.ts against a bit-by-bit reference: every width 1..16,
+// The packed code stream of src/io/pack.ts against a bit-by-bit reference: every width 1..16,
 // counts that are not multiples of 32, codes at 0 and 2^b - 1.
 import assert from "node:assert/strict";
 import {
@@ -11,7 +11,7 @@ import {
   packedWords,
   unpackCodes,
   wordsToBytes,
-} from "../../src/format/pack.ts";
+} from "../../src/io/pack.ts";
 import { Rng } from "../../src/util/rng.ts";
 
 /** The stream written one bit at a time: bit j of code k is bit k * b + j, LSB of byte 0 first. */
