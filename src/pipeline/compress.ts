@@ -350,6 +350,25 @@ export async function compress(
   return result;
 }
 
+/** A cached plan as read back from disk (checked; a mismatch plans again). */
+const PlanFile = z.array(
+  z.object({
+    kind: z.enum(LINEAR_KINDS as unknown as [string, ...string[]]),
+    out: z.number().int().positive(),
+    in: z.number().int().positive(),
+    d: z.number().int().positive(),
+    n: z.number().int().positive(),
+    splits: z.number().int().positive(),
+    pad: z.number().int().nonnegative(),
+    vectors: z.number().int().positive(),
+    codeBits: z.number(),
+    codebookBits: z.number(),
+    totalBits: z.number(),
+    storedBits: z.number(),
+    reason: z.string(),
+  }),
+).nonempty();
+
 /**
  * The (d, n) plan, kept beside the work directory's units so a resumed run does not repeat the
  * sample k-means of a --bits search. Keyed by the cluster settings and the inputs; deterministic.
@@ -363,10 +382,12 @@ async function cachedPlan(
   const path = join(s.work, "plans", `${key.slice(0, 32)}.json`);
   if (existsSync(path)) {
     try {
-      return JSON.parse(await Deno.readTextFile(path));
+      const kept = PlanFile.safeParse(JSON.parse(await Deno.readTextFile(path)));
+      if (kept.success) return kept.data as MatrixPlan[];
     } catch {
       // unreadable: plan again
     }
+    // A plan file that is unreadable or not a plan (hand-edited, truncated): plan again.
   }
   const plan = await make();
   await Deno.mkdir(dirname(path), { recursive: true });
