@@ -98,8 +98,32 @@ export interface FinetuneInput {
 }
 
 export const finetuneUnit = (l: number) => `finetune/block-${String(l).padStart(3, "0")}`;
+/** The student and teacher outputs of block l over all windows: the next block's inputs. */
+export const activationsUnit = (l: number) => `${finetuneUnit(l)}/acts`;
+/** Block l's latest epoch checkpoint (codebooks, AdamW state, best codebooks). */
+export const epochUnit = (l: number) => `${finetuneUnit(l)}/epoch`;
 
-/** Finetunes every block in order, resuming from the work directory. Returns per-block reports. */
+/**
+ * Drops what no resume needs any more: the activations of every block but `keep` (none when
+ * null) and the epoch checkpoints of blocks 0..`done` (finished blocks). Idempotent, so a run
+ * killed before it pruned prunes at the next hand-over.
+ */
+async function prune(work: WorkDir, keep: number | null, done: number): Promise<void> {
+  const drop = Object.keys(work.units()).filter((u) => {
+    const m = /^finetune\/block-(\d+)\/(acts|epoch)$/.exec(u);
+    if (!m) return false;
+    const l = Number(m[1]);
+    return m[2] === "acts" ? l !== keep : l <= done;
+  });
+  await work.remove(drop);
+}
+
+/**
+ * Finetunes every block in order, resuming from the work directory. Returns per-block reports.
+ * A finished block keeps only its codebooks and report; its outputs (the next block's inputs)
+ * stay until the next block is finished, and its epoch checkpoint is dropped when it finishes,
+ * so the work directory holds at most two blocks' activations (one between hand-overs).
+ */
 export async function finetune(inp: FinetuneInput): Promise<BlockReport[]> {
   const { cfg, src, work, progress } = inp;
   const H = cfg.hidden, T = inp.train[0].length;
@@ -108,16 +132,44 @@ export async function finetune(inp: FinetuneInput): Promise<BlockReport[]> {
   let student: Float32Array[] = [], teacher: Float32Array[] = [];
   const reports: BlockReport[] = [];
   const rope = ropeTables(ropeInvFreq(cfg), T);
-  // The inputs of the next block to run come from the last finished block's unit (read only
-  // then), or, before block 0, from the embeddings.
-  let resumeFrom: { unit: string; file: string } | null = null;
+  // Blocks 0..l-1 are finished when block l is the next to run; its inputs are block l-1's
+  // activations unit, or (when that is gone: pruned, corrupt, an older work directory) the
+  // outputs of replaying the finished blocks from the latest activations kept, or from the
+  // embeddings.
   let ready = false;
+  const unpack = (data: Uint8Array, file: string) => {
+    const t = decodeSafetensors(data, file);
+    const get = (name: string) => f32(t.find((x) => x.name === name)!);
+    const so = get("student_out"), to = get("teacher_out");
+    student = windows.map((_, i) => so.slice(i * H * T, (i + 1) * H * T));
+    teacher = windows.map((_, i) => to.slice(i * H * T, (i + 1) * H * T));
+  };
+  const inputsOf = async (l: number) => {
+    let k = l - 1;
+    while (k >= 0) {
+      const acts = await work.load(activationsUnit(k));
+      if (acts) {
+        unpack(acts.data, work.path(acts.record.file));
+        break;
+      }
+      k--;
+    }
+    if (k < 0) {
+      const table = await src.tensor("model.embed_tokens.weight");
+      student = teacher = windows.map((w) => embedWindow(table, w, H));
+    }
+    for (let j = k + 1; j < l; j++) {
+      inp.checkpoint?.();
+      const r = await replayBlock(inp, j, student, teacher, T, rope);
+      student = r.studentOut;
+      teacher = r.teacherOut;
+    }
+  };
 
   for (let l = 0; l < cfg.layers; l++) {
     const unit = finetuneUnit(l);
     const done = await work.done(unit);
     if (done) {
-      resumeFrom = { unit, file: done.file };
       ready = false;
       reports.push(done.info!.report as BlockReport);
       progress.update({
@@ -130,44 +182,37 @@ export async function finetune(inp: FinetuneInput): Promise<BlockReport[]> {
       continue;
     }
     if (!ready) {
-      if (resumeFrom) {
-        const t = decodeSafetensors(await work.read(resumeFrom.unit), work.path(resumeFrom.file));
-        const get = (name: string) => f32(t.find((x) => x.name === name)!);
-        const so = get("student_out"), to = get("teacher_out");
-        student = windows.map((_, i) => so.slice(i * H * T, (i + 1) * H * T));
-        teacher = windows.map((_, i) => to.slice(i * H * T, (i + 1) * H * T));
-      } else {
-        const table = await src.tensor("model.embed_tokens.weight");
-        student = teacher = windows.map((w) => embedWindow(table, w, H));
-      }
+      await inputsOf(l);
       ready = true;
     }
     inp.checkpoint?.();
     const r = await finetuneBlock(inp, l, student, teacher, nTrain, T, rope);
     student = r.studentOut;
     teacher = r.teacherOut;
-    const tensors: TensorBytes[] = [...r.codebooks];
     const stack = (xs: Float32Array[]) => {
       const out = new Float32Array(xs.length * H * T);
       xs.forEach((x, i) => out.set(x, i * H * T));
       return new Uint8Array(out.buffer);
     };
-    tensors.push({
-      name: "student_out",
-      dtype: "F32",
-      shape: [windows.length, H, T],
-      data: stack(student),
-    });
-    tensors.push({
-      name: "teacher_out",
-      dtype: "F32",
-      shape: [windows.length, H, T],
-      data: stack(teacher),
-    });
-    await work.complete(unit, `${unit}.safetensors`, encodeSafetensors(tensors), {
+    // Activations first, then the block: a finished block always has its outputs until the next
+    // block is finished too (the replay above covers the rest).
+    const acts: TensorBytes[] = [
+      { name: "student_out", dtype: "F32", shape: [windows.length, H, T], data: stack(student) },
+      { name: "teacher_out", dtype: "F32", shape: [windows.length, H, T], data: stack(teacher) },
+    ];
+    const last = l === cfg.layers - 1;
+    if (!last) {
+      await work.complete(
+        activationsUnit(l),
+        `${finetuneUnit(l)}.acts.safetensors`,
+        encodeSafetensors(acts),
+      );
+    }
+    await work.complete(unit, `${unit}.safetensors`, encodeSafetensors(r.codebooks), {
       report: r.report,
     });
     reports.push(r.report);
+    // Reported before pruning: a caller that measures the work directory here sees its peak.
     progress.update({
       stage: "finetune",
       done: l + 1,
@@ -175,8 +220,93 @@ export async function finetune(inp: FinetuneInput): Promise<BlockReport[]> {
       block: l,
       mse: r.report.bestMse,
     });
+    await prune(work, last ? null : l, l);
   }
+  // Every block finished: no activations are needed any more (also after a resume that found
+  // them all done but was killed before pruning).
+  await prune(work, null, cfg.layers - 1);
   return reports;
+}
+
+/** Block l's student on its cluster unit's codebooks and codes. */
+async function studentBlock(
+  inp: FinetuneInput,
+  l: number,
+  T: number,
+  rope: { cos: Float32Array; sin: Float32Array },
+): Promise<StudentBlock> {
+  const { gpu, cfg, src } = inp;
+  const cu = await inp.clusterUnit(l);
+  const books: CodebookData[] = LINEAR_KINDS.map((kind) => {
+    const name = cu.find((t) => t.name.endsWith(`.${kindModule(kind)}.codebook`))!;
+    const codes = cu.find((t) => t.name.endsWith(`.${kindModule(kind)}.codes`))!;
+    const sh = inp.shapes[kind];
+    return {
+      kind,
+      centroids: f32(name).slice(),
+      codes: codes.dtype === "U8"
+        ? codes.data
+        : new Uint16Array(codes.data.buffer, codes.data.byteOffset, codes.data.byteLength / 2),
+      ...sh,
+    };
+  });
+  const pre = `model.layers.${l}`;
+  return await StudentBlock.create(
+    gpu,
+    cfg,
+    T,
+    books,
+    await src.tensor(`${pre}.input_layernorm.weight`),
+    await src.tensor(`${pre}.post_attention_layernorm.weight`),
+    rope,
+  );
+}
+
+/** The student on the best codebooks, over every window. */
+async function studentOutputs(
+  inp: FinetuneInput,
+  s: StudentBlock,
+  best: Map<string, Float32Array>,
+  inputs: Float32Array[],
+  x: Tensor,
+): Promise<Float32Array[]> {
+  await s.setCodebooks(best);
+  const out: Float32Array[] = [];
+  for (const input of inputs) {
+    await inp.gpu.write(x.buffer, input);
+    out.push(await s.forward(x, false).toF32());
+  }
+  return out;
+}
+
+/**
+ * The outputs of a finished block from its inputs, without training: the teacher pass and the
+ * student on the block's finetuned codebooks, the same computation that made them at the time.
+ */
+async function replayBlock(
+  inp: FinetuneInput,
+  l: number,
+  studentIn: Float32Array[],
+  teacherIn: Float32Array[],
+  T: number,
+  rope: { cos: Float32Array; sin: Float32Array },
+): Promise<{ studentOut: Float32Array[]; teacherOut: Float32Array[] }> {
+  const { gpu, cfg, src, work } = inp;
+  const teacherOut = await teacherPass(gpu, cfg, src, l, teacherIn, T);
+  const unit = finetuneUnit(l);
+  const tuned = decodeSafetensors(await work.read(unit), work.path(`${unit}.safetensors`));
+  const best = new Map(LINEAR_KINDS.map((kind) => {
+    const name = `model.layers.${l}.${kindModule(kind)}.codebook`;
+    return [`${kind}.codebook`, f32(tuned.find((t) => t.name === name)!).slice()];
+  }));
+  const s = await studentBlock(inp, l, T, rope);
+  const x = Tensor.empty(gpu, [cfg.hidden, T], "replay.x");
+  try {
+    return { studentOut: await studentOutputs(inp, s, best, studentIn, x), teacherOut };
+  } finally {
+    x.release();
+    s.release();
+  }
 }
 
 async function finetuneBlock(
@@ -200,30 +330,7 @@ async function finetuneBlock(
   const teacherOut = await teacherPass(gpu, cfg, src, l, teacherIn, T);
   const extra = settings.extraTerm ? await teacherPass(gpu, cfg, src, l, studentIn, T) : null;
 
-  const cu = await inp.clusterUnit(l);
-  const books: CodebookData[] = LINEAR_KINDS.map((kind) => {
-    const name = cu.find((t) => t.name.endsWith(`.${kindModule(kind)}.codebook`))!;
-    const codes = cu.find((t) => t.name.endsWith(`.${kindModule(kind)}.codes`))!;
-    const sh = inp.shapes[kind];
-    return {
-      kind,
-      centroids: f32(name).slice(),
-      codes: codes.dtype === "U8"
-        ? codes.data
-        : new Uint16Array(codes.data.buffer, codes.data.byteOffset, codes.data.byteLength / 2),
-      ...sh,
-    };
-  });
-  const pre = `model.layers.${l}`;
-  const s = await StudentBlock.create(
-    gpu,
-    cfg,
-    T,
-    books,
-    await src.tensor(`${pre}.input_layernorm.weight`),
-    await src.tensor(`${pre}.post_attention_layernorm.weight`),
-    rope,
-  );
+  const s = await studentBlock(inp, l, T, rope);
   const x = Tensor.empty(gpu, [H, T], "ft.x");
   const want = Tensor.empty(gpu, [H, T], "ft.target");
   const want2 = Tensor.empty(gpu, [H, T], "ft.target2");
@@ -251,14 +358,14 @@ async function finetuneBlock(
   const trainIdx = Array.from({ length: nTrain }, (_, i) => i);
   const selectIdx = heldIdx.length > 0 ? heldIdx : trainIdx;
 
-  const epochUnit = `${finetuneUnit(l)}/epoch`;
+  const ckpt = epochUnit(l);
   let epoch0 = 0, best: Map<string, Float32Array>, bestMse: number, bestEpoch = 0, stale = 0;
   let epochMse: number[] = [], trainLoss: number[] = [];
   let initialMse: number;
-  const prev = await work.done(epochUnit);
+  const prev = await work.done(ckpt);
   try {
     if (prev) {
-      const t = decodeSafetensors(await work.read(epochUnit), work.path(prev.file));
+      const t = decodeSafetensors(await work.read(ckpt), work.path(prev.file));
       const state = new Map(
         t.filter((q) => !q.name.startsWith("best.")).map((q) => [q.name, f32(q).slice()]),
       );
@@ -337,7 +444,7 @@ async function finetuneBlock(
       for (const [name, v] of st.tensors) tensors.push(tensorOf(name, v));
       for (const [name, v] of best) tensors.push(tensorOf(`best.${name}`, v));
       await work.complete(
-        epochUnit,
+        ckpt,
         `${finetuneUnit(l)}.epoch.safetensors`,
         encodeSafetensors(tensors),
         {
@@ -361,12 +468,7 @@ async function finetuneBlock(
       });
     }
     // The best epoch's codebooks produce the student outputs for the next block.
-    await s.setCodebooks(best);
-    const studentOut: Float32Array[] = [];
-    for (const input of studentIn) {
-      await gpu.write(x.buffer, input);
-      studentOut.push(await s.forward(x, false).toF32());
-    }
+    const studentOut = await studentOutputs(inp, s, best, studentIn, x);
     const codebooks: TensorBytes[] = [];
     for (const kind of LINEAR_KINDS) {
       const v = best.get(`${kind}.codebook`)!;

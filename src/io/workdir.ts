@@ -227,6 +227,29 @@ export class WorkDir {
   }
 
   /**
+   * Removes units: their files first, then their records (one manifest write), so a run killed
+   * in between leaves records whose files are gone (not done; removed again next time), never
+   * files that no record names. Unknown units are ignored.
+   */
+  async remove(units: string[]): Promise<void> {
+    const known = units.filter((u) => this.manifest.units[u]);
+    if (known.length === 0) return;
+    for (const unit of known) {
+      try {
+        await Deno.remove(join(this.dir, this.manifest.units[unit].file));
+      } catch (e) {
+        if (!(e instanceof Deno.errors.NotFound)) throw e;
+      }
+    }
+    for (const unit of known) {
+      delete this.manifest.units[unit];
+      this.verified.delete(unit);
+      if (this.last?.unit === unit) this.last = null;
+    }
+    await this.save();
+  }
+
+  /**
    * Reads a unit's file, verified against its checksum. The bytes of a unit `done` just checked
    * are handed over without reading again; a unit checked earlier in this session is read but
    * not hashed again (the lock keeps other writers out).

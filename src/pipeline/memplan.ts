@@ -1,4 +1,4 @@
-// The memory plan: peak GPU and host bytes per stage, from the same sizes the stages allocate
+// The memory plan: peak GPU, host and work-directory bytes per stage, from the same sizes the stages allocate
 // (BlockScratch, BackwardScratch, the student block, k-means' buffers, the eval batches), and
 // for generating text with the compressed model (codebook weights, KV cache, one prefill).
 import { kmeansGpuBytes } from "../cluster/kmeans.ts";
@@ -20,6 +20,8 @@ export interface MemoryPlanSettings {
   /** Tokens of the evaluation text (WikiText-2 test is about 341k with Llama-2's tokenizer). */
   evalTokens: number;
   gpuMemory: number;
+  /** Disk for the work directory; when given, `fits` also needs the stage's disk peak in it. */
+  disk?: number;
   maxBinding: number;
   finetune: boolean;
   extraTerm: boolean;
@@ -31,6 +33,8 @@ export interface StagePlan {
   stage: string;
   gpu_bytes: number;
   host_bytes: number;
+  /** Peak bytes of the work directory during the stage (0: it writes none). */
+  disk_bytes: number;
   fits: boolean;
   note: string;
 }
@@ -113,6 +117,51 @@ export function generateGpuBytes(
   return { weights, kvCache, scratch, logits, bytes: weights + kvCache + scratch };
 }
 
+/** A safetensors header's share per tensor (JSON name, dtype, shape, offsets; an estimate). */
+const HEADER = 96;
+
+/** What the work directory holds (src/cluster/stage.ts, src/finetune/stage.ts), by part. */
+export interface WorkDirPlan {
+  /** The cluster units of every block: f32 codebooks and U8/U16 codes. */
+  cluster: number;
+  /** One block's finetuned codebooks (f32), its unit once the block is finished. */
+  codebooks: number;
+  /** One epoch checkpoint: codebooks, AdamW m and v, and the best codebooks. */
+  checkpoint: number;
+  /** One block's activations: student and teacher outputs of every window, f32. */
+  activations: number;
+  /** Blocks' activations held at once: two during a hand-over (one fewer than blocks at most). */
+  activationBlocks: number;
+  /** The work directory's peak during finetuning (cluster units, every block's codebooks, the
+   * hand-over's activations, one checkpoint, the manifest and small files). */
+  finetunePeak: number;
+  /** After finetuning: cluster units, codebooks, small files. */
+  after: number;
+}
+
+export function workDirBytes(
+  cfg: ModelConfig,
+  s: Pick<MemoryPlanSettings, "d" | "n" | "splits" | "calibSamples" | "calibSeqlen" | "finetune">,
+): WorkDirPlan {
+  const lins = linearNames(0, cfg);
+  let cluster = 0, codebooks = 0;
+  for (const lin of lins) {
+    const book = s.splits * s.n * s.d * 4;
+    const codes = lin.in * Math.ceil(lin.out / s.d) * (s.n <= 256 ? 1 : 2);
+    cluster += book + codes + 2 * HEADER;
+    codebooks += book + HEADER;
+  }
+  cluster *= cfg.layers;
+  const checkpoint = 4 * codebooks;
+  const activations = 2 * s.calibSamples * cfg.hidden * s.calibSeqlen * 4 + 2 * HEADER;
+  const activationBlocks = Math.min(2, cfg.layers - 1);
+  // Manifest (a record per unit), input hashes, plan cache, lock, evaluation units.
+  const small = 8192 + 256 * (2 * cfg.layers + 4);
+  const after = cluster + (s.finetune ? cfg.layers * codebooks : 0) + small;
+  const finetunePeak = s.finetune ? after + checkpoint + activationBlocks * activations : after;
+  return { cluster, codebooks, checkpoint, activations, activationBlocks, finetunePeak, after };
+}
+
 export function planMemory(cfg: ModelConfig, s: MemoryPlanSettings): StagePlan[] {
   const f32 = 4, H = cfg.hidden;
   const weights = blockBytes(cfg);
@@ -120,8 +169,16 @@ export function planMemory(cfg: ModelConfig, s: MemoryPlanSettings): StagePlan[]
   const biggest = lins.reduce((a, l) => (l.in * l.out > a.in * a.out ? l : a));
   const N = (biggest.in / s.splits) * Math.ceil(biggest.out / s.d);
   const plans: StagePlan[] = [];
-  const stage = (name: string, gpu: number, host: number, note: string) =>
-    plans.push({ stage: name, gpu_bytes: gpu, host_bytes: host, fits: gpu <= s.gpuMemory, note });
+  const disk = workDirBytes(cfg, s);
+  const stage = (name: string, gpu: number, host: number, note: string, diskBytes: number) =>
+    plans.push({
+      stage: name,
+      gpu_bytes: gpu,
+      host_bytes: host,
+      disk_bytes: diskBytes,
+      fits: gpu <= s.gpuMemory && (s.disk === undefined || diskBytes <= s.disk),
+      note,
+    });
 
   // Cluster: one matrix at a time; the host holds it, its vectors and codes.
   stage(
@@ -129,6 +186,7 @@ export function planMemory(cfg: ModelConfig, s: MemoryPlanSettings): StagePlan[]
     kmeansGpuBytes(N, s.d, s.n, s.maxBinding),
     biggest.in * biggest.out * f32 * 3 + N * 4 * 2,
     `largest matrix ${biggest.kind} [${biggest.out}x${biggest.in}]: ${N} vectors, d=${s.d}, n=${s.n}`,
+    disk.cluster,
   );
   if (s.finetune) {
     const T = s.calibSeqlen;
@@ -146,7 +204,9 @@ export function planMemory(cfg: ModelConfig, s: MemoryPlanSettings): StagePlan[]
       streams * stream + weights,
       `${s.calibSamples} windows x ${T} tokens; activations ${
         (stream / 2 ** 30).toFixed(2)
-      } GiB per stream on the host`,
+      } GiB per stream on the host; work directory: ${disk.activationBlocks} blocks' ` +
+        `activations of ${gib(disk.activations)} during a hand-over`,
+      disk.finetunePeak,
     );
   }
   const windows = Math.max(1, Math.floor(s.evalTokens / s.evalSeqlen));
@@ -160,12 +220,13 @@ export function planMemory(cfg: ModelConfig, s: MemoryPlanSettings): StagePlan[]
       `${what}: ${windows} windows of ${s.evalSeqlen}; ${
         ev.resident ? "all blocks resident" : "one block at a time"
       }`,
+      disk.after,
     );
   };
   // compress --eval-text evaluates both; `eval` alone is what the compressed folder needs.
   evalRow("eval", perBlock, `compressed model (${(perBlock / 2 ** 20).toFixed(1)} MiB per block)`);
   evalRow("eval-original", undefined, "original model");
-  stage("export", 0, weights * 2, "one block decoded at a time on the host");
+  stage("export", 0, weights * 2, "one block decoded at a time on the host", disk.after);
   const context = s.context ?? cfg.maxPositions;
   const g = generateGpuBytes(cfg, context, perBlock, s.maxBinding);
   stage(
@@ -174,6 +235,7 @@ export function planMemory(cfg: ModelConfig, s: MemoryPlanSettings): StagePlan[]
     perBlock + 2 * cfg.vocab * cfg.hidden * 4,
     `context ${context}: weights ${gib(g.weights)}, KV cache ${gib(g.kvCache)}, prefill ` +
       `scratch ${gib(g.scratch)}`,
+    0,
   );
   return plans;
 }

@@ -1,17 +1,41 @@
-// The memory plan against the peak GPU bytes the stages actually hold (on the embedded
-// kjv-llama, and on both ../shared fixtures when present), and the generate and eval rows'
-// arithmetic.
+// The memory plan against the peak GPU bytes the stages actually hold and the work directory's
+// peak on disk (on the embedded kjv-llama, and on both ../shared fixtures when present), and the
+// generate, eval and disk rows' arithmetic.
 import assert from "node:assert/strict";
 import { evaluatePerplexity } from "../../src/eval/perplexity.ts";
 import { getGpu } from "../../src/gpu/device.ts";
 import { linearNames, loadConfig, type ModelConfig } from "../../src/io/config.ts";
 import { BlockScratch } from "../../src/model/block.ts";
 import { compress } from "../../src/pipeline/compress.ts";
-import { type MemoryPlanSettings, planMemory } from "../../src/pipeline/memplan.ts";
-import { Progress } from "../../src/util/progress.ts";
+import { join } from "node:path";
+import { type MemoryPlanSettings, planMemory, workDirBytes } from "../../src/pipeline/memplan.ts";
+import { Progress, type ProgressEvent } from "../../src/util/progress.ts";
 import { HAS_SHARED, STORIES, TINYLLAMA, TINYSTORIES, WIKI } from "../shared.ts";
 
 const KJV = new URL("../../fixtures/kjv-llama", import.meta.url).pathname;
+
+/** Bytes of every file under `dir`. */
+function dirBytes(dir: string): number {
+  let bytes = 0;
+  for (const e of Deno.readDirSync(dir)) {
+    const p = join(dir, e.name);
+    bytes += e.isDirectory ? dirBytes(p) : e.isFile ? Deno.statSync(p).size : 0;
+  }
+  return bytes;
+}
+
+/** Prints nothing; measures the work directory at each finished unit (the finetune stage
+ * reports a block before it prunes the previous block's activations: the peak). */
+class DiskPeak extends Progress {
+  peak = 0;
+  constructor(readonly work: string) {
+    super(true);
+  }
+  override update(e: ProgressEvent): void {
+    if ("step" in e || "iter" in e || !("block" in e)) return;
+    this.peak = Math.max(this.peak, dirBytes(this.work));
+  }
+}
 
 const MODELS = [
   { model: KJV, calib: `${KJV}/calib.txt`, text: `${KJV}/heldout.txt`, shared: false },
@@ -29,6 +53,7 @@ for (const { model, calib, text, shared } of MODELS) {
       const cfg = await loadConfig(model);
       const dir = await Deno.makeTempDir({ prefix: "cluscomp-memplan-" });
       const [d, n, samples, seqlen, evalSeqlen, windows] = [4, 256, 16, 64, 128, 8];
+      const disk = new DiskPeak(`${dir}/work`);
       const r = await compress({
         model,
         out: `${dir}/out`,
@@ -55,7 +80,7 @@ for (const { model, calib, text, shared } of MODELS) {
         },
         eval: { text, seqlen: evalSeqlen, maxWindows: windows },
         gpuBudget: 2 ** 31,
-      }, new Progress(true));
+      }, disk);
       // The compressed model's evaluation alone (compress's eval stage also holds the original).
       gpu.bytesPeak = gpu.bytesLive;
       const before = gpu.bytesLive;
@@ -87,6 +112,7 @@ for (const { model, calib, text, shared } of MODELS) {
         // compress evaluates the original and the compressed model
         ["eval stage", Math.max(planned("eval"), planned("eval-original")), r.gpu_peak.eval],
         ["eval (compressed)", planned("eval"), compressedEval],
+        ["work directory", plan.find((p) => p.stage === "finetune")!.disk_bytes, disk.peak],
       ];
       const rows: string[] = [];
       let bad = "";
@@ -164,4 +190,41 @@ Deno.test("memplan: the eval row holds compressed blocks, eval-original dense on
   const dense = (2 * cfg.hidden + linearNames(0, cfg).reduce((a, l) => a + l.in * l.out, 0)) * 4;
   const block = compressedBlock(cfg, SETTINGS.d, SETTINGS.n, SETTINGS.splits);
   assert.equal(orig.gpu_bytes - ev.gpu_bytes, cfg.layers * (dense - block));
+});
+
+Deno.test("memplan: disk = cluster units + codebooks + a checkpoint + two blocks' activations", async () => {
+  const cfg = await loadConfig(KJV);
+  const s = { ...SETTINGS, finetune: true };
+  const w = workDirBytes(cfg, s);
+  const lins = linearNames(0, cfg);
+  const book = s.splits * s.n * s.d * 4;
+  // n = 200 fits U8 codes; every tensor counts a 96-byte header share.
+  const codes = lins.reduce((a, l) => a + l.in * Math.ceil(l.out / s.d), 0);
+  assert.equal(w.cluster, cfg.layers * (lins.length * (book + 2 * 96) + codes));
+  assert.equal(w.codebooks, lins.length * (book + 96));
+  assert.equal(w.checkpoint, 4 * w.codebooks);
+  assert.equal(w.activations, 2 * s.calibSamples * cfg.hidden * s.calibSeqlen * 4 + 2 * 96);
+  assert.equal(w.activationBlocks, 2);
+  assert.equal(w.finetunePeak - w.after, w.checkpoint + 2 * w.activations);
+  assert.equal(workDirBytes({ ...cfg, layers: 1 }, s).activationBlocks, 0);
+  // U16 codes above 256 centroids.
+  const wide = workDirBytes(cfg, { ...s, n: 300 });
+  assert.equal(wide.cluster - w.cluster, cfg.layers * (codes + lins.length * 100 * s.d * 4 * 2));
+
+  const plan = planMemory(cfg, s);
+  const row = (p: typeof plan, stage: string) => p.find((r) => r.stage === stage)!;
+  assert.equal(row(plan, "cluster").disk_bytes, w.cluster);
+  assert.equal(row(plan, "finetune").disk_bytes, w.finetunePeak);
+  assert.equal(row(plan, "generate").disk_bytes, 0);
+  assert.equal(
+    row(planMemory(cfg, SETTINGS), "finetune"),
+    undefined,
+    "no finetune row without finetuning",
+  );
+  // `fits` is GPU-only unless a disk size is given.
+  assert.ok(plan.every((r) => r.fits));
+  const small = planMemory(cfg, { ...s, disk: w.finetunePeak - 1 });
+  assert.equal(row(small, "finetune").fits, false);
+  assert.equal(row(small, "cluster").fits, true);
+  assert.ok(planMemory(cfg, { ...s, disk: w.finetunePeak }).every((r) => r.fits));
 });
