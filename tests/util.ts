@@ -1,5 +1,6 @@
 // Helpers shared by tests: seeded random data and the tolerance check.
 import { fileURLToPath } from "node:url";
+import type { Gpu } from "../src/gpu/device.ts";
 import { Rng } from "../src/util/rng.ts";
 
 export function fromFileUrl(url: URL): string {
@@ -47,4 +48,16 @@ export function assertClose(
         bad.join("\n"),
     );
   }
+}
+
+/** The same Gpu seen through a smaller storage binding limit. */
+export function withMaxBinding(gpu: Gpu, bytes: number): Gpu {
+  const limits = { ...gpu.limits, maxBinding: bytes };
+  return new Proxy(gpu, {
+    get(target, key) {
+      if (key === "limits") return limits;
+      const v = Reflect.get(target, key, target);
+      return typeof v === "function" ? v.bind(target) : v;
+    },
+  });
 }

@@ -11,21 +11,11 @@ import {
 } from "../../src/cluster/plan.ts";
 import { UserError } from "../../src/errors.ts";
 import { linearNames, loadConfig } from "../../src/io/config.ts";
+import { clusterSettings } from "../settings.ts";
 
 const KJV = new URL("../../fixtures/kjv-llama", import.meta.url).pathname;
 
-function settings(over: Partial<ClusterSettings>): ClusterSettings {
-  return {
-    overrides: {},
-    splits: 1,
-    codebookDtype: "f16",
-    iters: 5,
-    seed: 0,
-    init: "random",
-    restarts: 1,
-    ...over,
-  };
-}
+const settings = clusterSettings;
 
 const close = (a: number, b: number, what: string) =>
   assert.ok(Math.abs(a - b) <= 1e-12 * Math.max(1, Math.abs(b)), `${what}: ${a} vs ${b}`);

@@ -11,6 +11,7 @@ import { compress } from "../../src/pipeline/compress.ts";
 import { Progress } from "../../src/util/progress.ts";
 import { transpose } from "../../src/util/matrix.ts";
 import { runTask } from "../pipeline/run.ts";
+import { quickSettings } from "../settings.ts";
 
 /** Same length and elements (first mismatch reported; no diff of large arrays). */
 function assertSame(got: ArrayLike<number>, want: ArrayLike<number>, label: string): void {
@@ -27,25 +28,10 @@ const OVERRIDES = { q: { d: 2, n: 37 }, down: { d: 1, n: 2 } };
 
 const dir = await Deno.makeTempDir({ prefix: "cluscomp-export-" });
 const OUT = `${dir}/out`;
-await compress({
-  model: KJV,
-  out: OUT,
-  work: `${dir}/work`,
-  method: "cluscomp",
-  cluster: {
-    d: 4,
-    n: 16,
-    overrides: OVERRIDES,
-    splits: 1,
-    codebookDtype: "f16",
-    iters: 2,
-    seed: 0,
-    init: "random",
-    restarts: 1,
-  },
-  rtn: { bits: 4, group: 128 },
-  gpuBudget: 2 ** 31,
-}, new Progress(true));
+await compress(
+  quickSettings(KJV, dir, { d: 4, n: 16, overrides: OVERRIDES, iters: 2 }),
+  new Progress(true),
+);
 
 Deno.test("compress writes packed codes: quantization_config, tensors, the unit's codes", async () => {
   const qc = JSON.parse(await Deno.readTextFile(`${OUT}/config.json`))

@@ -10,6 +10,7 @@ import {
 import { Rng } from "../../src/util/rng.ts";
 import { codebookLinearRef } from "../reference/codebook_linear.ts";
 import { assertClose, randomF32 } from "../util.ts";
+import { withMaxBinding } from "../util.ts";
 
 const FORMS: CodebookForm[] = ["matvec", "lut", "tile"];
 
@@ -30,18 +31,6 @@ interface Case {
   /** x is zero except row in - 1. */
   lastRowOnly?: boolean;
   seed?: number;
-}
-
-/** The same Gpu seen through a smaller storage binding limit. */
-function withMaxBinding(gpu: Gpu, bytes: number): Gpu {
-  const limits = { ...gpu.limits, maxBinding: bytes };
-  return new Proxy(gpu, {
-    get(target, key) {
-      if (key === "limits") return limits;
-      const v = Reflect.get(target, key, target);
-      return typeof v === "function" ? v.bind(target) : v;
-    },
-  });
 }
 
 async function upload(gpu: Gpu, data: Float32Array | Uint32Array, label: string) {

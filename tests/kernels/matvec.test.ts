@@ -2,6 +2,7 @@ import { getGpu, type Gpu } from "../../src/gpu/device.ts";
 import { denseMatvec, MATVEC_MAX_N, rowsMatvec } from "../../src/kernels/matvec.ts";
 import { denseMatvecRef, rowsMatvecRef } from "../reference/codebook_linear.ts";
 import { assertClose, randomF32 } from "../util.ts";
+import { withMaxBinding } from "../util.ts";
 
 type Kind = "dense" | "rows";
 
@@ -19,18 +20,6 @@ interface Case {
   lastOnly?: boolean;
   /** Run on a Gpu whose binding limit is this many bytes (W then binds in row chunks). */
   maxBinding?: number;
-}
-
-/** The same Gpu seen through a smaller storage binding limit. */
-function withMaxBinding(gpu: Gpu, bytes: number): Gpu {
-  const limits = { ...gpu.limits, maxBinding: bytes };
-  return new Proxy(gpu, {
-    get(target, key) {
-      if (key === "limits") return limits;
-      const v = Reflect.get(target, key, target);
-      return typeof v === "function" ? v.bind(target) : v;
-    },
-  });
 }
 
 async function upload(gpu: Gpu, data: Float32Array, label: string) {

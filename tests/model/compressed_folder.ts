@@ -3,6 +3,7 @@
 // so that several packings and forms run in one model. Made once per test process.
 import { Progress } from "../../src/util/progress.ts";
 import { compress } from "../../src/pipeline/compress.ts";
+import { quickSettings } from "../settings.ts";
 
 const made = new Map<string, Promise<string>>();
 
@@ -22,13 +23,9 @@ export function compressedFolder(model: string): Promise<string> {
 
 async function make(model: string): Promise<string> {
   const dir = await Deno.makeTempDir({ prefix: "cluscomp-run-" });
-  const out = `${dir}/compressed`;
-  await compress({
-    model,
-    out,
-    work: `${dir}/work`,
-    method: "cluscomp",
-    cluster: {
+  const out = `${dir}/out`;
+  await compress(
+    quickSettings(model, dir, {
       d: 4,
       n: 256,
       overrides: {
@@ -38,15 +35,9 @@ async function make(model: string): Promise<string> {
         o: { d: 4, n: 16 },
         gate: { d: 8, n: 300 },
       },
-      splits: 1,
-      codebookDtype: "f16",
       iters: 4,
-      seed: 0,
-      init: "random",
-      restarts: 1,
-    },
-    rtn: { bits: 4, group: 128 },
-    gpuBudget: 2 ** 31,
-  }, new Progress(true));
+    }),
+    new Progress(true),
+  );
   return out;
 }

@@ -7,8 +7,9 @@
 // run's cluster units through --restart finetune.
 import assert from "node:assert/strict";
 import type { BlockReport } from "../../src/finetune/stage.ts";
-import { compress, type CompressSettings } from "../../src/pipeline/compress.ts";
+import { compress } from "../../src/pipeline/compress.ts";
 import { Progress, type ProgressEvent } from "../../src/util/progress.ts";
+import { quickSettings } from "../settings.ts";
 
 const KJV = new URL("../../fixtures/kjv-llama", import.meta.url).pathname;
 
@@ -58,33 +59,8 @@ export function assertFinetuneGain(blocks: BlockReport[], events: ProgressEvent[
 
 Deno.test("kjv-llama: finetuning lowers held-out block MSE and training loss (and no epochs fails)", async () => {
   const dir = await Deno.makeTempDir({ prefix: "cluscomp-ft-" });
-  const base: CompressSettings = {
-    model: KJV,
-    out: `${dir}/out`,
-    work: `${dir}/work`,
-    method: "cluscomp",
-    cluster: {
-      bits: 2,
-      d: 2,
-      overrides: {},
-      splits: 1,
-      codebookDtype: "f16",
-      iters: 5,
-      seed: 0,
-      init: "random",
-      restarts: 1,
-    },
-    rtn: { bits: 4, group: 128 },
-    gpuBudget: 2 ** 31,
-    // 16 windows of 64 tokens, 2 held out: 14 steps an epoch, losses read at steps 1, 9 and 14.
-    finetune: {
-      calib: `${KJV}/calib.txt`,
-      samples: 16,
-      seqlen: 64,
-      holdout: 0.1,
-      train: { epochs: 2, lr: 1e-3, weightDecay: 0.1, patience: 2, extraTerm: false, seed: 0 },
-    },
-  };
+  // 16 windows of 64 tokens, 2 held out: 14 steps an epoch, losses read at steps 1, 9 and 14.
+  const base = quickSettings(KJV, dir, { bits: 2, d: 2 }, { finetune: true });
   try {
     const p = new Capture();
     const tuned = await compress(base, p);

@@ -2,32 +2,15 @@
 // truncated plan file is planned again, never used.
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
-import { compress, type CompressSettings } from "../../src/pipeline/compress.ts";
+import { compress } from "../../src/pipeline/compress.ts";
 import { Progress } from "../../src/util/progress.ts";
+import { quickSettings } from "../settings.ts";
 
 const KJV = fileURLToPath(new URL("../../fixtures/kjv-llama", import.meta.url));
 
 Deno.test("a corrupt cached plan is planned again, and the run resumes to the same output", async () => {
   const dir = await Deno.makeTempDir({ prefix: "cluscomp-plan-cache-" });
-  const s: CompressSettings = {
-    model: KJV,
-    out: `${dir}/out`,
-    work: `${dir}/work`,
-    method: "cluscomp",
-    cluster: {
-      d: 4,
-      n: 16,
-      overrides: {},
-      splits: 1,
-      codebookDtype: "f16",
-      iters: 2,
-      seed: 0,
-      init: "random",
-      restarts: 1,
-    },
-    rtn: { bits: 4, group: 128 },
-    gpuBudget: 2 ** 31,
-  };
+  const s = quickSettings(KJV, dir, { d: 4, n: 16, iters: 2 });
   const first = await compress(s, new Progress(true));
   const plans = [...Deno.readDirSync(`${dir}/work/plans`)].map((e) => e.name);
   assert.equal(plans.length, 1);

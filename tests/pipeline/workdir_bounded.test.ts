@@ -8,6 +8,7 @@ import { compress, type CompressSettings } from "../../src/pipeline/compress.ts"
 import { Progress, type ProgressEvent } from "../../src/util/progress.ts";
 import { loadConfigFile } from "../../src/io/config.ts";
 import { assertSameOutputs } from "./run.ts";
+import { quickSettings } from "../settings.ts";
 
 const KJV = new URL("../../fixtures/kjv-llama", import.meta.url).pathname;
 
@@ -46,32 +47,8 @@ export class DiskWatch extends Progress {
   }
 }
 
-export const kjvSettings = (dir: string): CompressSettings => ({
-  model: KJV,
-  out: `${dir}/out`,
-  work: `${dir}/work`,
-  method: "cluscomp",
-  cluster: {
-    bits: 2,
-    d: 2,
-    overrides: {},
-    splits: 1,
-    codebookDtype: "f16",
-    iters: 5,
-    seed: 0,
-    init: "random",
-    restarts: 1,
-  },
-  rtn: { bits: 4, group: 128 },
-  gpuBudget: 2 ** 31,
-  finetune: {
-    calib: `${KJV}/calib.txt`,
-    samples: 16,
-    seqlen: 64,
-    holdout: 0.1,
-    train: { epochs: 2, lr: 1e-3, weightDecay: 0.1, patience: 2, extraTerm: false, seed: 0 },
-  },
-});
+const kjvSettings = (dir: string): CompressSettings =>
+  quickSettings(KJV, dir, { bits: 2, d: 2 }, { finetune: true });
 
 Deno.test("kjv-llama: the work directory keeps at most one block's activations, and a lost block is replayed", async () => {
   const dir = await Deno.makeTempDir({ prefix: "cluscomp-bounded-" });
