@@ -99,7 +99,11 @@ export function validatePair(
   }
 }
 
-/** Largest n whose total bits stay <= target, or 0 when even n = 2 does not fit. */
+/**
+ * Largest n whose bits as stored (codes packed at ceil(log2 n) bits, 16-bit codebook) stay <=
+ * target, or 0 when even n = 2 does not fit. Counting the stored bits keeps a --bits budget true
+ * of the folder: the pick is a power of two unless the codebook's own share forbids it.
+ */
 export function largestN(
   out: number,
   inDim: number,
@@ -110,8 +114,7 @@ export function largestN(
   const vectors = (inDim / splits) * Math.ceil(out / d);
   let lo = 1, hi = Math.min(MAX_N, vectors);
   const fits = (n: number) => {
-    const b = matrixBits(out, inDim, d, n, splits);
-    return b.codeBits + b.codebookBits <= target + 1e-12;
+    return matrixBits(out, inDim, d, n, splits).storedBits <= target + 1e-12;
   };
   if (hi < 2 || !fits(2)) return 0;
   while (lo < hi) {
@@ -182,7 +185,7 @@ export async function planMatrices(
       if (n !== undefined) {
         const b = matrixBits(lin.out, lin.in, dd, n, s.splits);
         const vectors = (lin.in / s.splits) * Math.ceil(lin.out / dd);
-        if (b.codeBits + b.codebookBits <= target && n <= vectors) candidates.push({ d: dd, n });
+        if (b.storedBits <= target && n <= vectors) candidates.push({ d: dd, n });
       } else {
         const nn = largestN(lin.out, lin.in, dd, s.splits, target);
         if (nn >= 2) candidates.push({ d: dd, n: nn });
@@ -198,7 +201,7 @@ export async function planMatrices(
       const best = candidates.reduce((a, b) => {
         const ba = matrixBits(lin.out, lin.in, a.d, a.n, s.splits);
         const bb = matrixBits(lin.out, lin.in, b.d, b.n, s.splits);
-        return bb.codeBits + bb.codebookBits > ba.codeBits + ba.codebookBits ? b : a;
+        return bb.storedBits > ba.storedBits ? b : a;
       });
       plans.push(
         make(best.d, best.n, candidates.length === 1 ? "only pair that fits" : "closest to target"),
