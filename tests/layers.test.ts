@@ -11,6 +11,7 @@ export const LAYERS: Record<string, number> = {
   cli: 6,
   bench: 6,
   pipeline: 5,
+  method: 4,
   cluster: 4,
   finetune: 4,
   eval: 4,

@@ -2,45 +2,20 @@
 // compressed folder, and optionally evaluate original and compressed perplexity.
 import { existsSync } from "node:fs";
 import { dirname, join, relative } from "node:path";
-import { kmeans } from "../cluster/kmeans.ts";
-import {
-  formatPlan,
-  matrixBits,
-  type MatrixPlan,
-  overallBits,
-  planMatrices,
-} from "../cluster/plan.ts";
-import { rtnBits } from "../cluster/rtn.ts";
-import { vectorizeT } from "../cluster/vectorize.ts";
-import {
-  clusterBlock,
-  type MatrixFacts,
-  matrixSeed,
-  rtnBlock,
-  storedCodebook,
-} from "../cluster/stage.ts";
+import type { MatrixFacts } from "../cluster/stage.ts";
 import { UserError } from "../errors.ts";
 import { type EvalResult, evaluatePerplexity } from "../eval/perplexity.ts";
-import {
-  type ClusterModule,
-  CODES_PACKING,
-  packedCodesTensor,
-  type QuantizationConfig,
-  writeCompressedModel,
-} from "../format/compressed.ts";
-import { codeBits } from "../io/pack.ts";
+import { writeCompressedModel } from "../format/compressed.ts";
 import { getGpu } from "../gpu/device.ts";
-import { LINEAR_KINDS, linearNames, type ModelConfig } from "../io/config.ts";
+import { LINEAR_KINDS } from "../io/config.ts";
 import { decodeSafetensors, encodeSafetensors } from "../io/safetensors.ts";
 import { readText } from "../io/text.ts";
 import { Tokenizer } from "../io/tokenizer.ts";
 import { sampleWindows } from "../finetune/calib.ts";
 import { finetune, type FinetuneInput, finetuneUnit } from "../finetune/stage.ts";
 import { openModel } from "../format/open.ts";
-import type { WeightSource } from "../model/weights.ts";
-import { Rng } from "../util/rng.ts";
+import { methods } from "../method/mod.ts";
 import { z } from "zod";
-import { writeFileAtomic } from "../io/atomic.ts";
 import { sha256, sha256Files } from "../io/hash.ts";
 import type { Progress } from "../util/progress.ts";
 import { RunControl } from "./control.ts";
@@ -95,36 +70,6 @@ const BlockInfo = z.object({
   })),
 }) satisfies z.ZodType<{ facts: MatrixFacts[] }>;
 
-/** Quick k-means on a sample of one layer's matrix, for ranking (d, n) pairs. */
-function sampleErrorFn(cfg: ModelConfig, src: WeightSource, seed: number) {
-  const cache = new Map<string, Float32Array>();
-  const layer = Math.floor(cfg.layers / 2);
-  return async (kind: MatrixPlan["kind"], d: number, n: number): Promise<number> => {
-    const gpu = await getGpu();
-    const lin = linearNames(layer, cfg).find((l) => l.kind === kind)!;
-    let wT = cache.get(kind);
-    if (!wT) {
-      wT = await src.linearT(layer, kind);
-      cache.set(kind, wT);
-    }
-    const { x, N } = vectorizeT(wT, lin.in, lin.out, d);
-    // A sample of up to 65,536 vectors, and n scaled down with it.
-    const S = Math.min(N, 65536);
-    let sample = x;
-    if (S < N) {
-      const rng = new Rng(matrixSeed(seed, layer, kind) ^ d);
-      sample = new Float32Array(S * d);
-      for (let i = 0; i < S; i++) {
-        const j = rng.int(N);
-        sample.set(x.subarray(j * d, j * d + d), i * d);
-      }
-    }
-    const nn = Math.max(2, Math.min(n, Math.floor(S * n / N), S));
-    const r = await kmeans(gpu, sample, S, d, nn, { iters: 5, seed });
-    return r.objective / (S * d);
-  };
-}
-
 export async function compress(
   s: CompressSettings,
   progress: Progress,
@@ -142,50 +87,20 @@ export async function compress(
   const tokenizer = await Tokenizer.load(s.model);
   const { cfg, source, index } = m;
   const inputs = await inputsHash(s.model, index.files, s.work);
-  let plan: MatrixPlan[] | undefined, cached: MatrixPlan[] | undefined;
-  let bits: { total: number; stored: number };
-  if (s.method === "cluscomp") {
-    cached = await cachedPlan(
-      s,
-      inputs.hash,
-      () => planMatrices(cfg, s.cluster, sampleErrorFn(cfg, source, s.cluster.seed)),
-    );
-    // Stored bits as this version writes them (packed codes), also for a plan cached by an
-    // older version; the stage settings keep the cached plan so its work directory resumes.
-    plan = cached.map((p) => ({
-      ...p,
-      storedBits: matrixBits(p.out, p.in, p.d, p.n, p.splits).storedBits,
-    }));
-    bits = overallBits(plan);
-    progress.note(
-      "plan",
-      `\n${formatPlan(plan)}\noverall ${bits.total.toFixed(4)} bits per weight`,
-    );
-  } else {
-    let sum = 0, weights = 0;
-    for (const lin of linearNames(0, cfg)) {
-      sum += rtnBits(s.rtn.bits, s.rtn.group, lin.in) * lin.in * lin.out;
-      weights += lin.in * lin.out;
-    }
-    bits = { total: sum / weights, stored: sum / weights };
-    progress.note(
-      "plan",
-      `RTN ${s.rtn.bits} bits, group ${s.rtn.group}: ${bits.total.toFixed(4)} bits per weight`,
+  const method = methods[s.method];
+  if (!method) {
+    throw new UserError(
+      `method must be one of ${Object.keys(methods).join(", ")} (got "${s.method}")`,
     );
   }
-  const ft = s.method === "cluscomp" ? s.finetune : undefined;
-  const stage = s.method === "cluscomp" ? "cluster" : "rtn";
+  const planned = await method.plan(cfg, source, s, inputs.hash);
+  const { bits, matrices: plan, quantizeBlock } = planned;
+  progress.note("plan", planned.note);
+  const ft = method.finetunable ? s.finetune : undefined;
+  const stage = method.stage;
   // Settings per stage, in order: a change invalidates that stage and every later one.
   const stages: Record<string, unknown> = {
-    [stage]: s.method === "cluscomp"
-      ? {
-        plan: cached!.map(({ reason: _, ...p }) => p),
-        iters: s.cluster.iters,
-        seed: s.cluster.seed,
-        init: s.cluster.init,
-        restarts: s.cluster.restarts,
-      }
-      : s.rtn,
+    [stage]: planned.settings,
     finetune: ft ?? null,
     eval: s.eval ? { ...s.eval, codebookDtype: s.cluster.codebookDtype } : null,
   };
@@ -224,26 +139,16 @@ export async function compress(
         continue;
       }
       control.checkpoint();
-      const r = s.method === "cluscomp"
-        ? await clusterBlock(
-          gpu,
-          cfg,
-          source,
-          l,
-          plan!,
-          s.cluster,
-          (kind, iter, objective) =>
-            progress.update({
-              stage,
-              done: l,
-              total: cfg.layers,
-              block: l,
-              matrix: kind,
-              iter,
-              objective,
-            }),
-        )
-        : await rtnBlock(cfg, source, l, s.rtn.bits, s.rtn.group);
+      const r = await quantizeBlock(gpu, l, (kind, iter, objective) =>
+        progress.update({
+          stage,
+          done: l,
+          total: cfg.layers,
+          block: l,
+          matrix: kind,
+          iter,
+          objective,
+        }));
       await work.complete(unit, `${unit}.safetensors`, encodeSafetensors(r.tensors), {
         facts: r.facts,
       });
@@ -285,7 +190,7 @@ export async function compress(
     }
 
     endStage("export");
-    const qc = quantConfig(cfg, s, plan, bits);
+    const qc = planned.quantConfig();
     let tExport = 0;
     await writeCompressedModel(
       s.model,
@@ -302,12 +207,7 @@ export async function compress(
             if (f) t.data = f.data;
           }
         }
-        // Codes leave the unit as U8 / U16 and are written packed at their bit width.
-        return tensors.map((t) =>
-          t.name.endsWith(".codes")
-            ? packedCodesTensor(t, (qc.modules[t.name.slice(0, -6)] as ClusterModule).n)
-            : storedCodebook(t, s.cluster.codebookDtype)
-        );
+        return planned.blockTensors(tensors);
       },
       index,
       async (tmp) => {
@@ -350,51 +250,6 @@ export async function compress(
   return result;
 }
 
-/** A cached plan as read back from disk (checked; a mismatch plans again). */
-const PlanFile = z.array(
-  z.object({
-    kind: z.enum(LINEAR_KINDS as unknown as [string, ...string[]]),
-    out: z.number().int().positive(),
-    in: z.number().int().positive(),
-    d: z.number().int().positive(),
-    n: z.number().int().positive(),
-    splits: z.number().int().positive(),
-    pad: z.number().int().nonnegative(),
-    vectors: z.number().int().positive(),
-    codeBits: z.number(),
-    codebookBits: z.number(),
-    totalBits: z.number(),
-    storedBits: z.number(),
-    reason: z.string(),
-  }),
-).nonempty();
-
-/**
- * The (d, n) plan, kept beside the work directory's units so a resumed run does not repeat the
- * sample k-means of a --bits search. Keyed by the cluster settings and the inputs; deterministic.
- */
-async function cachedPlan(
-  s: CompressSettings,
-  inputs: string,
-  make: () => Promise<MatrixPlan[]>,
-): Promise<MatrixPlan[]> {
-  const key = await sha256(JSON.stringify([s.cluster, inputs]));
-  const path = join(s.work, "plans", `${key.slice(0, 32)}.json`);
-  if (existsSync(path)) {
-    try {
-      const kept = PlanFile.safeParse(JSON.parse(await Deno.readTextFile(path)));
-      if (kept.success) return kept.data as MatrixPlan[];
-    } catch {
-      // unreadable: plan again
-    }
-    // A plan file that is unreadable or not a plan (hand-edited, truncated): plan again.
-  }
-  const plan = await make();
-  await Deno.mkdir(dirname(path), { recursive: true });
-  await writeFileAtomic(path, new TextEncoder().encode(JSON.stringify(plan)));
-  return plan;
-}
-
 /** What an evaluation unit holds (checked when read back; a mismatch evaluates again). */
 const EvalUnit = z.object({
   model: z.string(),
@@ -430,41 +285,6 @@ async function evalUnit(
   const { firstLogits: _, ...r } = await run();
   await work.complete(unit, `${unit}.json`, new TextEncoder().encode(JSON.stringify(r)));
   return r;
-}
-
-function quantConfig(
-  cfg: ModelConfig,
-  s: CompressSettings,
-  plan: MatrixPlan[] | undefined,
-  bits: { total: number; stored: number },
-): QuantizationConfig {
-  const modules: QuantizationConfig["modules"] = {};
-  for (let l = 0; l < cfg.layers; l++) {
-    for (const lin of linearNames(l, cfg)) {
-      const name = lin.name.replace(/\.weight$/, "");
-      if (s.method === "rtn") {
-        modules[name] = { bits: s.rtn.bits, group: s.rtn.group };
-        continue;
-      }
-      const p = plan!.find((q) => q.kind === lin.kind)!;
-      modules[name] = {
-        d: p.d,
-        n: p.n,
-        pad: p.pad,
-        splits: p.splits,
-        codebook_dtype: s.cluster.codebookDtype,
-        codes_dtype: "packed",
-        code_bits: codeBits(p.n),
-      };
-    }
-  }
-  return {
-    quant_method: s.method,
-    bits_per_weight: bits.total,
-    stored_bits_per_weight: bits.stored,
-    ...(s.method === "cluscomp" ? { codes_packing: CODES_PACKING } : {}),
-    modules,
-  };
 }
 
 /** Fails early, before any work, when the output's parent folder cannot be written. */

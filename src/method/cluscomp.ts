@@ -1,0 +1,177 @@
+// ClusComp: every linear of a block becomes codebooks and codes (k-means per matrix, src/cluster/),
+// with (d, n) planned per matrix kind; codebooks can then be finetuned.
+import { existsSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { z } from "zod";
+import { kmeans } from "../cluster/kmeans.ts";
+import {
+  formatPlan,
+  matrixBits,
+  type MatrixPlan,
+  overallBits,
+  planMatrices,
+} from "../cluster/plan.ts";
+import { clusterBlock, matrixSeed, storedCodebook } from "../cluster/stage.ts";
+import { vectorizeT } from "../cluster/vectorize.ts";
+import {
+  type ClusterModule,
+  CODES_PACKING,
+  packedCodesTensor,
+  type QuantizationConfig,
+} from "../format/compressed.ts";
+import { getGpu } from "../gpu/device.ts";
+import { writeFileAtomic } from "../io/atomic.ts";
+import { LINEAR_KINDS, linearNames, type ModelConfig } from "../io/config.ts";
+import { sha256 } from "../io/hash.ts";
+import { codeBits } from "../io/pack.ts";
+import type { WeightSource } from "../model/weights.ts";
+import { Rng } from "../util/rng.ts";
+import type { Method, MethodSettings } from "./method.ts";
+
+export const cluscomp: Method = {
+  name: "cluscomp",
+  stage: "cluster",
+  finetunable: true,
+  async plan(cfg, src, s, inputs) {
+    const cached = await cachedPlan(
+      s,
+      inputs,
+      () => planMatrices(cfg, s.cluster, sampleErrorFn(cfg, src, s.cluster.seed)),
+    );
+    // Stored bits as this version writes them (packed codes), also for a plan cached by an
+    // older version; the stage settings keep the cached plan so its work directory resumes.
+    const plan = cached.map((p) => ({
+      ...p,
+      storedBits: matrixBits(p.out, p.in, p.d, p.n, p.splits).storedBits,
+    }));
+    const bits = overallBits(plan);
+    const qc = quantConfig(cfg, s, plan, bits);
+    return {
+      bits,
+      matrices: plan,
+      settings: {
+        plan: cached.map(({ reason: _, ...p }) => p),
+        iters: s.cluster.iters,
+        seed: s.cluster.seed,
+        init: s.cluster.init,
+        restarts: s.cluster.restarts,
+      },
+      note: `\n${formatPlan(plan)}\noverall ${bits.total.toFixed(4)} bits per weight`,
+      quantizeBlock: (gpu, layer, onMatrix) =>
+        clusterBlock(gpu, cfg, src, layer, plan, s.cluster, onMatrix),
+      // Codes leave the unit as U8 / U16 and are written packed at their bit width.
+      blockTensors: (tensors) =>
+        tensors.map((t) =>
+          t.name.endsWith(".codes")
+            ? packedCodesTensor(t, (qc.modules[t.name.slice(0, -6)] as ClusterModule).n)
+            : storedCodebook(t, s.cluster.codebookDtype)
+        ),
+      quantConfig: () => qc,
+    };
+  },
+};
+
+function quantConfig(
+  cfg: ModelConfig,
+  s: MethodSettings,
+  plan: MatrixPlan[],
+  bits: { total: number; stored: number },
+): QuantizationConfig {
+  const modules: QuantizationConfig["modules"] = {};
+  for (let l = 0; l < cfg.layers; l++) {
+    for (const lin of linearNames(l, cfg)) {
+      const p = plan.find((q) => q.kind === lin.kind)!;
+      modules[lin.name.replace(/\.weight$/, "")] = {
+        d: p.d,
+        n: p.n,
+        pad: p.pad,
+        splits: p.splits,
+        codebook_dtype: s.cluster.codebookDtype,
+        codes_dtype: "packed",
+        code_bits: codeBits(p.n),
+      };
+    }
+  }
+  return {
+    quant_method: "cluscomp",
+    bits_per_weight: bits.total,
+    stored_bits_per_weight: bits.stored,
+    codes_packing: CODES_PACKING,
+    modules,
+  };
+}
+
+/** Quick k-means on a sample of one layer's matrix, for ranking (d, n) pairs. */
+function sampleErrorFn(cfg: ModelConfig, src: WeightSource, seed: number) {
+  const cache = new Map<string, Float32Array>();
+  const layer = Math.floor(cfg.layers / 2);
+  return async (kind: MatrixPlan["kind"], d: number, n: number): Promise<number> => {
+    const gpu = await getGpu();
+    const lin = linearNames(layer, cfg).find((l) => l.kind === kind)!;
+    let wT = cache.get(kind);
+    if (!wT) {
+      wT = await src.linearT(layer, kind);
+      cache.set(kind, wT);
+    }
+    const { x, N } = vectorizeT(wT, lin.in, lin.out, d);
+    // A sample of up to 65,536 vectors, and n scaled down with it.
+    const S = Math.min(N, 65536);
+    let sample = x;
+    if (S < N) {
+      const rng = new Rng(matrixSeed(seed, layer, kind) ^ d);
+      sample = new Float32Array(S * d);
+      for (let i = 0; i < S; i++) {
+        const j = rng.int(N);
+        sample.set(x.subarray(j * d, j * d + d), i * d);
+      }
+    }
+    const nn = Math.max(2, Math.min(n, Math.floor(S * n / N), S));
+    const r = await kmeans(gpu, sample, S, d, nn, { iters: 5, seed });
+    return r.objective / (S * d);
+  };
+}
+
+/** A cached plan as read back from disk (checked; a mismatch plans again). */
+const PlanFile = z.array(
+  z.object({
+    kind: z.enum(LINEAR_KINDS as unknown as [string, ...string[]]),
+    out: z.number().int().positive(),
+    in: z.number().int().positive(),
+    d: z.number().int().positive(),
+    n: z.number().int().positive(),
+    splits: z.number().int().positive(),
+    pad: z.number().int().nonnegative(),
+    vectors: z.number().int().positive(),
+    codeBits: z.number(),
+    codebookBits: z.number(),
+    totalBits: z.number(),
+    storedBits: z.number(),
+    reason: z.string(),
+  }),
+).nonempty();
+
+/**
+ * The (d, n) plan, kept beside the work directory's units so a resumed run does not repeat the
+ * sample k-means of a --bits search. Keyed by the cluster settings and the inputs; deterministic.
+ */
+async function cachedPlan(
+  s: MethodSettings,
+  inputs: string,
+  make: () => Promise<MatrixPlan[]>,
+): Promise<MatrixPlan[]> {
+  const key = await sha256(JSON.stringify([s.cluster, inputs]));
+  const path = join(s.work, "plans", `${key.slice(0, 32)}.json`);
+  if (existsSync(path)) {
+    try {
+      const kept = PlanFile.safeParse(JSON.parse(await Deno.readTextFile(path)));
+      if (kept.success) return kept.data as MatrixPlan[];
+    } catch {
+      // unreadable: plan again
+    }
+    // A plan file that is unreadable or not a plan (hand-edited, truncated): plan again.
+  }
+  const plan = await make();
+  await Deno.mkdir(dirname(path), { recursive: true });
+  await writeFileAtomic(path, new TextEncoder().encode(JSON.stringify(plan)));
+  return plan;
+}
