@@ -46,6 +46,8 @@ perplexity of the original and compressed model on its held-out text (seqlen 128
   --lr LR                AdamW learning rate (default 5e-3 scaled by calibration tokens / 262,144)
   --weight-decay W       AdamW weight decay (default 0.1)
   --extra-term           also fit the full-precision block applied to the student's input
+  --host-memory SIZE     cap on host memory for the calibration activations (e.g. 8GB); over it
+                         they stream through files in the work directory, with the same result
   --eval-text FILE       evaluate original and compressed perplexity on FILE
   --eval-seqlen N        window length (default 2048)
   --eval-max-windows K   first K windows only
@@ -121,6 +123,7 @@ export async function compressMain(argv: string[]): Promise<number> {
     lr: { type: "string" },
     "weight-decay": { type: "string" },
     "extra-term": { type: "boolean" },
+    "host-memory": { type: "string" },
     json: { type: "boolean" },
     quiet: { type: "boolean" },
     help: { type: "boolean", short: "h" },
@@ -256,6 +259,10 @@ export async function compressMain(argv: string[]): Promise<number> {
         patience: intFlag(cmd, values.patience, "patience", 1, 2),
         extraTerm: Boolean(values["extra-term"]),
         seed: cluster.seed,
+        // Only when given: an absent cap leaves the finetune settings (and old work dirs) as they were.
+        ...(values["host-memory"] === undefined
+          ? {}
+          : { hostBudget: bytesFlag(cmd, values["host-memory"], "host-memory") }),
       },
     };
     if (settings.finetune.holdout >= 1) throw new UserError(`${cmd}: --holdout must be below 1`);

@@ -15,6 +15,7 @@ import type { Progress } from "../util/progress.ts";
 import type { WorkDir } from "../io/workdir.ts";
 import { Rng } from "../util/rng.ts";
 import { type AdamWSettings, type CodebookData, StudentBlock } from "./student.ts";
+import { type Acts, DiskActs, MemActs, removeScratch } from "./stream.ts";
 
 export interface FinetuneSettings {
   epochs: number;
@@ -25,6 +26,13 @@ export interface FinetuneSettings {
   /** Add the paper's extra term: MSE against the full-precision block on the student's input. */
   extraTerm: boolean;
   seed: number;
+  /**
+   * Host-memory cap in bytes for the activation streams. When the student and teacher streams
+   * (2 x windows x hidden x seqlen f32) exceed it, they live as one file per window in a scratch
+   * folder of the work directory (deleted as each block finishes) instead of in host memory, and
+   * no activations unit is kept (a resume replays the finished blocks). Results are byte-identical.
+   */
+  hostBudget?: number;
 }
 
 export interface BlockReport {
@@ -53,24 +61,28 @@ function embedWindow(table: Float32Array, ids: Int32Array, H: number): Float32Ar
   return x;
 }
 
+/** A new, empty activation stream (in memory, or a scratch folder under a host-memory cap). */
+type MakeActs = () => Promise<Acts>;
+
 /** Runs a full-precision block over windows (teacher), returning outputs per window. */
 async function teacherPass(
   gpu: Gpu,
   cfg: ModelConfig,
   src: WeightSource,
   layer: number,
-  inputs: Float32Array[],
+  inputs: Acts,
   T: number,
-): Promise<Float32Array[]> {
+  make: MakeActs,
+): Promise<Acts> {
   const block = await uploadBlock(gpu, cfg, src, layer);
   const scratch = await BlockScratch.create(gpu, cfg, 1, T, ropeTables(ropeInvFreq(cfg), T));
   const x = Tensor.empty(gpu, [cfg.hidden, T], "teacher.x");
-  const out: Float32Array[] = [];
+  const out = await make();
   try {
-    for (const input of inputs) {
-      await gpu.write(x.buffer, input);
+    for (let i = 0; i < inputs.length; i++) {
+      await gpu.write(x.buffer, await inputs.get(i));
       forwardBlock(gpu, block, x, scratch);
-      out.push(await x.toF32());
+      await out.put(i, await x.toF32());
     }
   } finally {
     x.release();
@@ -129,98 +141,148 @@ export async function finetune(inp: FinetuneInput): Promise<BlockReport[]> {
   const H = cfg.hidden, T = inp.train[0].length;
   const windows = [...inp.train, ...inp.heldOut];
   const nTrain = inp.train.length;
-  let student: Float32Array[] = [], teacher: Float32Array[] = [];
   const reports: BlockReport[] = [];
   const rope = ropeTables(ropeInvFreq(cfg), T);
+  // Under a host-memory cap the two streams go through files, one per window.
+  const cap = inp.settings.hostBudget;
+  const streamBytes = 2 * windows.length * H * T * 4;
+  const streamed = cap !== undefined && streamBytes > cap;
+  const scratchDir = work.path("finetune/streams");
+  let serial = 0;
+  const make: MakeActs = async () =>
+    streamed
+      ? await DiskActs.create(`${scratchDir}/${serial++}`, windows.length)
+      : new MemActs(windows.length);
+  let student: Acts = new MemActs(0), teacher: Acts = student;
+  const release = async (a: Acts, b: Acts) => {
+    await a.release();
+    if (b !== a) await b.release();
+  };
+  await removeScratch(scratchDir);
+  if (streamed) {
+    progress.note(
+      "finetune",
+      `activations streamed through ${scratchDir}: ${
+        (streamBytes / 2 ** 20).toFixed(1)
+      } MiB of student and teacher streams over the host cap of ${(cap / 2 ** 20).toFixed(1)} MiB`,
+    );
+  }
   // Blocks 0..l-1 are finished when block l is the next to run; its inputs are block l-1's
   // activations unit, or (when that is gone: pruned, corrupt, an older work directory) the
   // outputs of replaying the finished blocks from the latest activations kept, or from the
   // embeddings.
   let ready = false;
-  const unpack = (data: Uint8Array, file: string) => {
+  const unpack = async (data: Uint8Array, file: string) => {
     const t = decodeSafetensors(data, file);
     const get = (name: string) => f32(t.find((x) => x.name === name)!);
     const so = get("student_out"), to = get("teacher_out");
-    student = windows.map((_, i) => so.slice(i * H * T, (i + 1) * H * T));
-    teacher = windows.map((_, i) => to.slice(i * H * T, (i + 1) * H * T));
+    const s = await make(), te = await make();
+    for (let i = 0; i < windows.length; i++) {
+      await s.put(i, so.slice(i * H * T, (i + 1) * H * T));
+      await te.put(i, to.slice(i * H * T, (i + 1) * H * T));
+    }
+    student = s;
+    teacher = te;
   };
   const inputsOf = async (l: number) => {
     let k = l - 1;
     while (k >= 0) {
       const acts = await work.load(activationsUnit(k));
       if (acts) {
-        unpack(acts.data, work.path(acts.record.file));
+        await unpack(acts.data, work.path(acts.record.file));
         break;
       }
       k--;
     }
     if (k < 0) {
       const table = await src.tensor("model.embed_tokens.weight");
-      student = teacher = windows.map((w) => embedWindow(table, w, H));
+      const e = await make();
+      for (let i = 0; i < windows.length; i++) await e.put(i, embedWindow(table, windows[i], H));
+      student = teacher = e;
     }
     for (let j = k + 1; j < l; j++) {
       inp.checkpoint?.();
-      const r = await replayBlock(inp, j, student, teacher, T, rope);
+      const r = await replayBlock(inp, j, student, teacher, T, rope, make);
+      await release(student, teacher);
       student = r.studentOut;
       teacher = r.teacherOut;
     }
   };
 
-  for (let l = 0; l < cfg.layers; l++) {
-    const unit = finetuneUnit(l);
-    const done = await work.done(unit);
-    if (done) {
-      ready = false;
-      reports.push(done.info!.report as BlockReport);
+  try {
+    for (let l = 0; l < cfg.layers; l++) {
+      const unit = finetuneUnit(l);
+      const done = await work.done(unit);
+      if (done) {
+        ready = false;
+        reports.push(done.info!.report as BlockReport);
+        progress.update({
+          stage: "finetune",
+          done: l + 1,
+          total: cfg.layers,
+          block: l,
+          resumed: "yes",
+        });
+        continue;
+      }
+      if (!ready) {
+        await inputsOf(l);
+        ready = true;
+      }
+      inp.checkpoint?.();
+      const r = await finetuneBlock(inp, l, student, teacher, nTrain, T, rope, make);
+      const oldStudent = student, oldTeacher = teacher;
+      student = r.studentOut;
+      teacher = r.teacherOut;
+      const stack = (a: Acts) => {
+        const xs = (a as MemActs).xs;
+        const out = new Float32Array(xs.length * H * T);
+        xs.forEach((x, i) => out.set(x, i * H * T));
+        return new Uint8Array(out.buffer);
+      };
+      // Activations first, then the block: a finished block always has its outputs until the next
+      // block is finished too (the replay above covers the rest). Streamed runs keep no
+      // activations unit (it would hold every window in host memory); a resume replays instead.
+      const last = l === cfg.layers - 1;
+      if (!last && !streamed) {
+        const acts: TensorBytes[] = [
+          {
+            name: "student_out",
+            dtype: "F32",
+            shape: [windows.length, H, T],
+            data: stack(student),
+          },
+          {
+            name: "teacher_out",
+            dtype: "F32",
+            shape: [windows.length, H, T],
+            data: stack(teacher),
+          },
+        ];
+        await work.complete(
+          activationsUnit(l),
+          `${finetuneUnit(l)}.acts.safetensors`,
+          encodeSafetensors(acts),
+        );
+      }
+      await work.complete(unit, `${unit}.safetensors`, encodeSafetensors(r.codebooks), {
+        report: r.report,
+      });
+      // The block's inputs are done with once its unit is (their scratch files go).
+      await release(oldStudent, oldTeacher);
+      reports.push(r.report);
+      // Reported before pruning: a caller that measures the work directory here sees its peak.
       progress.update({
         stage: "finetune",
         done: l + 1,
         total: cfg.layers,
         block: l,
-        resumed: "yes",
+        mse: r.report.bestMse,
       });
-      continue;
+      await prune(work, last ? null : l, l);
     }
-    if (!ready) {
-      await inputsOf(l);
-      ready = true;
-    }
-    inp.checkpoint?.();
-    const r = await finetuneBlock(inp, l, student, teacher, nTrain, T, rope);
-    student = r.studentOut;
-    teacher = r.teacherOut;
-    const stack = (xs: Float32Array[]) => {
-      const out = new Float32Array(xs.length * H * T);
-      xs.forEach((x, i) => out.set(x, i * H * T));
-      return new Uint8Array(out.buffer);
-    };
-    // Activations first, then the block: a finished block always has its outputs until the next
-    // block is finished too (the replay above covers the rest).
-    const acts: TensorBytes[] = [
-      { name: "student_out", dtype: "F32", shape: [windows.length, H, T], data: stack(student) },
-      { name: "teacher_out", dtype: "F32", shape: [windows.length, H, T], data: stack(teacher) },
-    ];
-    const last = l === cfg.layers - 1;
-    if (!last) {
-      await work.complete(
-        activationsUnit(l),
-        `${finetuneUnit(l)}.acts.safetensors`,
-        encodeSafetensors(acts),
-      );
-    }
-    await work.complete(unit, `${unit}.safetensors`, encodeSafetensors(r.codebooks), {
-      report: r.report,
-    });
-    reports.push(r.report);
-    // Reported before pruning: a caller that measures the work directory here sees its peak.
-    progress.update({
-      stage: "finetune",
-      done: l + 1,
-      total: cfg.layers,
-      block: l,
-      mse: r.report.bestMse,
-    });
-    await prune(work, last ? null : l, l);
+  } finally {
+    await removeScratch(scratchDir);
   }
   // Every block finished: no activations are needed any more (also after a resume that found
   // them all done but was killed before pruning).
@@ -267,14 +329,15 @@ async function studentOutputs(
   inp: FinetuneInput,
   s: StudentBlock,
   best: Map<string, Float32Array>,
-  inputs: Float32Array[],
+  inputs: Acts,
   x: Tensor,
-): Promise<Float32Array[]> {
+  make: MakeActs,
+): Promise<Acts> {
   await s.setCodebooks(best);
-  const out: Float32Array[] = [];
-  for (const input of inputs) {
-    await inp.gpu.write(x.buffer, input);
-    out.push(await s.forward(x, false).toF32());
+  const out = await make();
+  for (let i = 0; i < inputs.length; i++) {
+    await inp.gpu.write(x.buffer, await inputs.get(i));
+    await out.put(i, await s.forward(x, false).toF32());
   }
   return out;
 }
@@ -286,13 +349,14 @@ async function studentOutputs(
 async function replayBlock(
   inp: FinetuneInput,
   l: number,
-  studentIn: Float32Array[],
-  teacherIn: Float32Array[],
+  studentIn: Acts,
+  teacherIn: Acts,
   T: number,
   rope: { cos: Float32Array; sin: Float32Array },
-): Promise<{ studentOut: Float32Array[]; teacherOut: Float32Array[] }> {
+  make: MakeActs,
+): Promise<{ studentOut: Acts; teacherOut: Acts }> {
   const { gpu, cfg, src, work } = inp;
-  const teacherOut = await teacherPass(gpu, cfg, src, l, teacherIn, T);
+  const teacherOut = await teacherPass(gpu, cfg, src, l, teacherIn, T, make);
   const unit = finetuneUnit(l);
   const tuned = decodeSafetensors(await work.read(unit), work.path(`${unit}.safetensors`));
   const best = new Map(LINEAR_KINDS.map((kind) => {
@@ -302,7 +366,7 @@ async function replayBlock(
   const s = await studentBlock(inp, l, T, rope);
   const x = Tensor.empty(gpu, [cfg.hidden, T], "replay.x");
   try {
-    return { studentOut: await studentOutputs(inp, s, best, studentIn, x), teacherOut };
+    return { studentOut: await studentOutputs(inp, s, best, studentIn, x, make), teacherOut };
   } finally {
     x.release();
     s.release();
@@ -312,23 +376,24 @@ async function replayBlock(
 async function finetuneBlock(
   inp: FinetuneInput,
   l: number,
-  studentIn: Float32Array[],
-  teacherIn: Float32Array[],
+  studentIn: Acts,
+  teacherIn: Acts,
   nTrain: number,
   T: number,
   rope: { cos: Float32Array; sin: Float32Array },
+  make: MakeActs,
 ): Promise<
   {
     codebooks: TensorBytes[];
-    studentOut: Float32Array[];
-    teacherOut: Float32Array[];
+    studentOut: Acts;
+    teacherOut: Acts;
     report: BlockReport;
   }
 > {
   const { gpu, cfg, src, work, settings, progress } = inp;
   const H = cfg.hidden, start = performance.now();
-  const teacherOut = await teacherPass(gpu, cfg, src, l, teacherIn, T);
-  const extra = settings.extraTerm ? await teacherPass(gpu, cfg, src, l, studentIn, T) : null;
+  const teacherOut = await teacherPass(gpu, cfg, src, l, teacherIn, T, make);
+  const extra = settings.extraTerm ? await teacherPass(gpu, cfg, src, l, studentIn, T, make) : null;
 
   const s = await studentBlock(inp, l, T, rope);
   const x = Tensor.empty(gpu, [H, T], "ft.x");
@@ -346,8 +411,8 @@ async function finetuneBlock(
   const evalMse = async (idx: number[]): Promise<number> => {
     let sum = 0;
     for (const i of idx) {
-      await gpu.write(x.buffer, studentIn[i]);
-      await gpu.write(want.buffer, teacherOut[i]);
+      await gpu.write(x.buffer, await studentIn.get(i));
+      await gpu.write(want.buffer, await teacherOut.get(i));
       const y = s.forward(x, false);
       mseGrad(gpu, y.all, want.all, s.dy.all, s.sq.all, H, T, 0);
       for (const v of await s.sq.toF32()) sum += v;
@@ -402,12 +467,12 @@ async function finetuneBlock(
       let lossSum = 0, lossCount = 0;
       for (let k = 0; k < order.length; k++) {
         const i = order[k];
-        await gpu.write(x.buffer, studentIn[i]);
-        await gpu.write(want.buffer, teacherOut[i]);
+        await gpu.write(x.buffer, await studentIn.get(i));
+        await gpu.write(want.buffer, await teacherOut.get(i));
         const y = s.forward(x, true);
         mseGrad(gpu, y.all, want.all, s.dy.all, s.sq.all, H, T, scale);
         if (extra) {
-          await gpu.write(want2.buffer, extra[i]);
+          await gpu.write(want2.buffer, await extra.get(i));
           mseGrad(gpu, y.all, want2.all, s.dy.all, s.sq.all, H, T, scale, true);
         }
         s.backward();
@@ -468,7 +533,7 @@ async function finetuneBlock(
       });
     }
     // The best epoch's codebooks produce the student outputs for the next block.
-    const studentOut = await studentOutputs(inp, s, best, studentIn, x);
+    const studentOut = await studentOutputs(inp, s, best, studentIn, x, make);
     const codebooks: TensorBytes[] = [];
     for (const kind of LINEAR_KINDS) {
       const v = best.get(`${kind}.codebook`)!;
@@ -491,6 +556,7 @@ async function finetuneBlock(
     want.release();
     want2.release();
     s.release();
+    await extra?.release();
   }
 }
 

@@ -98,10 +98,12 @@ export async function compress(
   progress.note("plan", planned.note);
   const ft = method.finetunable ? s.finetune : undefined;
   const stage = method.stage;
-  // Settings per stage, in order: a change invalidates that stage and every later one.
+  // Settings per stage, in order: a change invalidates that stage and every later one. The host
+  // cap changes where activations live, not results, so a resume may change it.
+  const { hostBudget: _, ...recordedTrain } = ft?.train ?? {};
   const stages: Record<string, unknown> = {
     [stage]: planned.settings,
-    finetune: ft ?? null,
+    finetune: ft ? { ...ft, train: recordedTrain } : null,
     eval: s.eval ? { ...s.eval, codebookDtype: s.cluster.codebookDtype } : null,
   };
   const work = await WorkDir.open(s.work, stages, inputs.files, s.restart);

@@ -25,6 +25,11 @@ export interface MemoryPlanSettings {
   maxBinding: number;
   finetune: boolean;
   extraTerm: boolean;
+  /**
+   * Host-memory cap for finetuning's activation streams (FinetuneSettings.hostBudget): over it
+   * they stream through files, one window at a time, and the host holds a few windows.
+   */
+  hostMemory?: number;
   /** Tokens of context for the generate row (default: the config's max_position_embeddings). */
   context?: number;
 }
@@ -198,13 +203,24 @@ export function planMemory(cfg: ModelConfig, s: MemoryPlanSettings): StagePlan[]
     // (plus the extra term's targets), and the checkpoint unit being written.
     const stream = s.calibSamples * H * T * f32;
     const streams = 4 + (s.extraTerm ? 1 : 0) + 2;
+    // Under a cap the student and teacher streams (2 x stream) go through files: the host holds
+    // the windows of one step (input, target, the extra term's target) and one read back.
+    const streamed = s.hostMemory !== undefined && 2 * stream > s.hostMemory;
+    const windowBytes = H * T * f32;
+    const host = streamed
+      ? (3 + (s.extraTerm ? 1 : 0)) * windowBytes + weights
+      : streams * stream + weights;
     stage(
       "finetune",
       gpu,
-      streams * stream + weights,
+      host,
       `${s.calibSamples} windows x ${T} tokens; activations ${
         (stream / 2 ** 30).toFixed(2)
-      } GiB per stream on the host; work directory: ${disk.activationBlocks} blocks' ` +
+      } GiB per stream ${
+        streamed
+          ? `streamed through the work directory (host cap ${gib(s.hostMemory!)})`
+          : "on the host"
+      }; work directory: ${disk.activationBlocks} blocks' ` +
         `activations of ${gib(disk.activations)} during a hand-over`,
       disk.finetunePeak,
     );

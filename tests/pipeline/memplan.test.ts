@@ -228,3 +228,20 @@ Deno.test("memplan: disk = cluster units + codebooks + a checkpoint + two blocks
   assert.equal(row(small, "cluster").fits, true);
   assert.ok(planMemory(cfg, { ...s, disk: w.finetunePeak }).every((r) => r.fits));
 });
+
+Deno.test("memplan: a host-memory cap below the activation streams leaves a few windows on the host", async () => {
+  const cfg = await loadConfig(KJV);
+  const s = { ...SETTINGS, finetune: true };
+  const row = (p: ReturnType<typeof planMemory>) => p.find((r) => r.stage === "finetune")!;
+  const stream = s.calibSamples * cfg.hidden * s.calibSeqlen * 4;
+  const window = cfg.hidden * s.calibSeqlen * 4;
+  const free = row(planMemory(cfg, s));
+  // A cap the two streams fit in changes nothing.
+  assert.deepEqual(row(planMemory(cfg, { ...s, hostMemory: 2 * stream })), free);
+  const capped = row(planMemory(cfg, { ...s, hostMemory: 2 * stream - 1 }));
+  const weights = free.host_bytes - (6 + (s.extraTerm ? 1 : 0)) * stream;
+  assert.equal(capped.host_bytes, (3 + (s.extraTerm ? 1 : 0)) * window + weights);
+  assert.ok(capped.note.includes("streamed"), capped.note);
+  assert.equal(capped.gpu_bytes, free.gpu_bytes);
+  assert.equal(capped.disk_bytes, free.disk_bytes);
+});
