@@ -10,8 +10,8 @@ for a model config
 
 Rows: cluster, finetune, eval (the compressed model: packed codes and f32 codebooks per block),
 eval-original (compress --eval-text evaluates the original too), export, and generate (the
-compressed model's weights, the KV cache for --context tokens, a prefill of --context tokens in
-one window, and one row of logits). The disk column is the work directory's peak: the cluster
+compressed model's weights, the KV cache for --context tokens, scratch for prefill passes of up
+to 256 tokens, and one row of logits). The disk column is the work directory's peak: the cluster
 units, and during finetuning every block's codebooks, one epoch checkpoint and two blocks'
 calibration activations (the finished block's outputs and the next one's, while handing over).
 
@@ -20,6 +20,7 @@ Usage: deno task plan --config CONFIG.json --gpu-memory 48GB [options]
   --config FILE          a Hugging Face config.json (see fixtures/configs/)
   --gpu-memory SIZE      GPU memory available, e.g. 48GB
   --disk SIZE            disk free for the work directory; "fits" then covers disk too
+  --host-memory SIZE     compress --host-memory: calibration activations streamed from disk over it
   --d D, --n N           codebook shape (default 8 and 65536: about 2 bits per weight)
   --splits S             codebooks per matrix (default 1)
   --calib-samples S      calibration windows (default 128)
@@ -41,6 +42,7 @@ export async function planMain(argv: string[]): Promise<number> {
     config: { type: "string" },
     "gpu-memory": { type: "string" },
     disk: { type: "string" },
+    "host-memory": { type: "string" },
     d: { type: "string" },
     n: { type: "string" },
     splits: { type: "string" },
@@ -73,6 +75,9 @@ export async function planMain(argv: string[]): Promise<number> {
     evalTokens: intFlag(cmd, values["eval-tokens"], "eval-tokens", 2, 341469),
     gpuMemory,
     disk,
+    ...(values["host-memory"] === undefined
+      ? {}
+      : { hostMemory: bytesFlag(cmd, values["host-memory"], "host-memory") }),
     maxBinding: bytesFlag(cmd, values["max-binding"], "max-binding", 2 ** 31),
     finetune: !values["no-finetune"],
     extraTerm: Boolean(values["extra-term"]),
