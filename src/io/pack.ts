@@ -3,6 +3,21 @@
 // so that read as little-endian u32 words, code k starts at bit (k * b) % 32 of word
 // floor(k * b / 32) and may continue into the next word. b = codeBits(n) = max(1, ceil(log2 n)).
 
+/** The shape of one ClusComp linear: W^T [in, out] in d-vectors, splits codebooks of n entries. */
+export interface CodebookShape {
+  /** Input features (rows of W^T). */
+  in: number;
+  /** Output features (columns of W^T). */
+  out: number;
+  d: number;
+  /** Entries per codebook. */
+  n: number;
+  /** Codebooks along the input rows: rows [s * in / splits, (s + 1) * in / splits) use codebook s. */
+  splits: number;
+  /** Bits per code: codeBits(n). */
+  bits: number;
+}
+
 /** Bits per code for a codebook of n entries: 1 for n <= 2, 16 for n <= 65,536. */
 export function codeBits(n: number): number {
   if (!(Number.isInteger(n) && n >= 1 && n <= 65536)) {

@@ -213,8 +213,6 @@ export function forwardBlock(
 ): void {
   const cfg = s.cfg;
   const n = s.n, T = s.seqlen, hd = cfg.headDim, H = cfg.hidden;
-  const kvDim = cfg.kvHeads * hd;
-  const group = cfg.heads / cfg.kvHeads;
 
   if (keep && s.mlpChunk < n) throw new Error("forwardBlock: keep needs the MLP in one chunk");
   if (keep) gpu.copy(x.buffer, 0, keep.xIn.buffer, 0, x.bytes);
@@ -229,53 +227,103 @@ export function forwardBlock(
   });
   rope(gpu, s.q.all, s.cos.all, s.sin.all, cfg.heads, hd, n);
   rope(gpu, s.k.all, s.cos.all, s.sin.all, cfg.kvHeads, hd, n);
-  const scale = 1 / Math.sqrt(hd);
   for (let w = 0; w < s.windows; w++) {
     const t0 = w * T;
-    for (let h0 = 0; h0 < cfg.heads; h0 += s.headGroup) {
-      const hs = Math.min(s.headGroup, cfg.heads - h0);
-      // S^T[h, j, i] = sum_d K[kv(h), d, j] Q[h, d, i]
-      matmul(gpu, {
-        M: T,
-        N: T,
-        K: hd,
-        a: s.k.buffer,
-        aOffset: Math.floor(h0 / group) * hd * n + t0,
-        lda: n,
-        b: s.q.buffer,
-        bOffset: h0 * hd * n + t0,
-        ldb: n,
-        c: s.scores.buffer,
-        ldc: T,
-        batch: hs,
-        aBatchStride: hd * n,
-        aBatchDiv: group,
-        bBatchStride: hd * n,
-        cBatchStride: T * T,
-      });
-      causalSoftmax(gpu, s.scores.all, hs, T, scale, cfg.slidingWindow ?? 0);
-      // O^T[h, d, i] = sum_j V[j, kv(h), d] P^T[h, j, i]
-      matmul(gpu, {
-        M: hd,
-        N: T,
-        K: T,
-        a: s.v.buffer,
-        aOffset: t0 * kvDim + Math.floor(h0 / group) * hd,
-        lda: kvDim,
-        b: s.scores.buffer,
-        ldb: T,
-        c: s.o.buffer,
-        cOffset: h0 * hd * n + t0,
-        ldc: n,
-        batch: hs,
-        aBatchStride: hd,
-        aBatchDiv: group,
-        bBatchStride: T * T,
-        cBatchStride: hd * n,
-      });
-    }
+    attend(gpu, cfg, {
+      q: s.q.buffer,
+      ldq: n,
+      qCol: t0,
+      k: s.k.buffer,
+      ldk: n,
+      kCol: t0,
+      v: s.v.buffer,
+      vRow: t0,
+      o: s.o.buffer,
+      scores: s.scores.buffer,
+      headGroup: s.headGroup,
+      keys: T,
+      queries: T,
+      q0: 0,
+    });
   }
   outputAndMlp(gpu, b, x, s, n, keep);
+}
+
+/**
+ * Where attend() finds its operands: Q^T [qDim, ldq] from column qCol, K^T [kvDim, ldk] from
+ * column kCol (keys 0 .. keys - 1), V token-major [.., kvDim] from row vRow, and O^T written like
+ * Q. Query c sits at position q0 + c; scores hold [headGroup, keys, queries].
+ */
+export interface AttentionOperands {
+  q: GPUBuffer;
+  ldq: number;
+  qCol: number;
+  k: GPUBuffer;
+  ldk: number;
+  kCol: number;
+  v: GPUBuffer;
+  vRow: number;
+  o: GPUBuffer;
+  scores: GPUBuffer;
+  headGroup: number;
+  keys: number;
+  queries: number;
+  q0: number;
+}
+
+/**
+ * Causal (GQA, optionally sliding-window) attention, in groups of heads: the scores and the P.V
+ * product are matmuls, the softmax masks keys past each query's position. Serves the batched
+ * windows of forwardBlock and the KV cache of the runner.
+ */
+export function attend(gpu: Gpu, cfg: ModelConfig, a: AttentionOperands): void {
+  const hd = cfg.headDim, kvDim = cfg.kvHeads * hd, group = cfg.heads / cfg.kvHeads;
+  const { keys: L, queries: nq } = a;
+  const scale = 1 / Math.sqrt(hd);
+  for (let h0 = 0; h0 < cfg.heads; h0 += a.headGroup) {
+    const hs = Math.min(a.headGroup, cfg.heads - h0);
+    const kv0 = Math.floor(h0 / group);
+    // S^T[h, j, i] = sum_d K[kv(h), d, j] Q[h, d, i]
+    matmul(gpu, {
+      M: L,
+      N: nq,
+      K: hd,
+      a: a.k,
+      aOffset: kv0 * hd * a.ldk + a.kCol,
+      lda: a.ldk,
+      b: a.q,
+      bOffset: h0 * hd * a.ldq + a.qCol,
+      ldb: a.ldq,
+      c: a.scores,
+      ldc: nq,
+      batch: hs,
+      aBatchStride: hd * a.ldk,
+      aBatchDiv: group,
+      bBatchStride: hd * a.ldq,
+      cBatchStride: L * nq,
+    });
+    const scores = { buffer: a.scores, offset: 0, size: hs * L * nq * 4 };
+    causalSoftmax(gpu, scores, hs, L, scale, cfg.slidingWindow ?? 0, { q0: a.q0, nq });
+    // O^T[h, d, i] = sum_j V[j, kv(h), d] P^T[h, j, i]
+    matmul(gpu, {
+      M: hd,
+      N: nq,
+      K: L,
+      a: a.v,
+      aOffset: a.vRow * kvDim + kv0 * hd,
+      lda: kvDim,
+      b: a.scores,
+      ldb: nq,
+      c: a.o,
+      cOffset: h0 * hd * a.ldq + a.qCol,
+      ldc: a.ldq,
+      batch: hs,
+      aBatchStride: hd,
+      aBatchDiv: group,
+      bBatchStride: L * nq,
+      cBatchStride: hd * a.ldq,
+    });
+  }
 }
 
 /**

@@ -35,16 +35,7 @@ export async function uploadLinear(
   const codes = gpu.createBuffer(cb.codes.byteLength, `L${layer}.${kind}.codes`);
   await gpu.write(centroids, cb.centroids);
   await gpu.write(codes, cb.codes);
-  return {
-    in: cb.in,
-    out: cb.out,
-    d: cb.d,
-    n: cb.n,
-    splits: cb.splits,
-    bits: cb.bits,
-    centroids,
-    codes,
-  };
+  return { ...cb, centroids, codes };
 }
 
 /** GPU bytes a linear holds. */

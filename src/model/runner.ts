@@ -5,14 +5,13 @@
 import type { Gpu } from "../gpu/device.ts";
 import { Tensor } from "../gpu/tensor.ts";
 import { type ModelConfig, ropeInvFreq } from "../io/config.ts";
-import { causalSoftmax } from "../kernels/attention.ts";
 import { checkIds } from "../kernels/embedding.ts";
-import { matmul } from "../kernels/matmul.ts";
 import { rowsMatvec } from "../kernels/matvec.ts";
 import { rmsnorm } from "../kernels/norm.ts";
 import { rope, ropeTables } from "../kernels/rope.ts";
 import { Rng } from "../util/rng.ts";
 import {
+  attend,
   BlockScratch,
   type BlockWeights,
   outputAndMlp,
@@ -202,7 +201,6 @@ export class Runner {
     const gpu = this.gpu, cfg = this.cfg, s = this.scratch, b = this.blocks[l];
     const { k, v } = this.cache[l];
     const ctx = this.maxContext, hd = cfg.headDim, kvDim = cfg.kvHeads * hd;
-    const group = cfg.heads / cfg.kvHeads, L = p0 + n;
     rmsnorm(gpu, this.x.all, b.inputNorm.all, s.h.all, cfg.hidden, n, cfg.rmsNormEps);
     projectQkv(gpu, b, cfg, s.h.buffer, n, s.q.buffer, { buffer: k.buffer, offset: p0, ld: ctx }, {
       buffer: v.buffer,
@@ -210,57 +208,22 @@ export class Runner {
     });
     rope(gpu, s.q.all, this.cos.all, this.sin.all, cfg.heads, hd, n);
     rope(gpu, k.all, this.cos.all, this.sin.all, cfg.kvHeads, hd, n, { ld: ctx, col0: p0 });
-    const scale = 1 / Math.sqrt(hd);
-    for (let h0 = 0; h0 < cfg.heads; h0 += this.headGroup) {
-      const hs = Math.min(this.headGroup, cfg.heads - h0);
-      // S^T[h, j, i] = sum_d K[kv(h), d, j] Q[h, d, i] over the L cached keys
-      matmul(gpu, {
-        M: L,
-        N: n,
-        K: hd,
-        a: k.buffer,
-        aOffset: Math.floor(h0 / group) * hd * ctx,
-        lda: ctx,
-        b: s.q.buffer,
-        bOffset: h0 * hd * n,
-        ldb: n,
-        c: this.scores.buffer,
-        ldc: n,
-        batch: hs,
-        aBatchStride: hd * ctx,
-        aBatchDiv: group,
-        bBatchStride: hd * n,
-        cBatchStride: L * n,
-      });
-      causalSoftmax(
-        gpu,
-        { buffer: this.scores.buffer, offset: 0, size: hs * L * n * 4 },
-        hs,
-        L,
-        scale,
-        cfg.slidingWindow ?? 0,
-        { q0: p0, nq: n },
-      );
-      // O^T[h, d, i] = sum_j V[j, kv(h), d] P^T[h, j, i]
-      matmul(gpu, {
-        M: hd,
-        N: n,
-        K: L,
-        a: v.buffer,
-        aOffset: Math.floor(h0 / group) * hd,
-        lda: kvDim,
-        b: this.scores.buffer,
-        ldb: n,
-        c: s.o.buffer,
-        cOffset: h0 * hd * n,
-        ldc: n,
-        batch: hs,
-        aBatchStride: hd,
-        aBatchDiv: group,
-        bBatchStride: L * n,
-        cBatchStride: hd * n,
-      });
-    }
+    attend(gpu, cfg, {
+      q: s.q.buffer,
+      ldq: n,
+      qCol: 0,
+      k: k.buffer,
+      ldk: ctx,
+      kCol: 0,
+      v: v.buffer,
+      vRow: 0,
+      o: s.o.buffer,
+      scores: this.scores.buffer,
+      headGroup: this.headGroup,
+      keys: p0 + n,
+      queries: n,
+      q0: p0,
+    });
     outputAndMlp(gpu, b, this.x, s, n);
   }
 

@@ -6,6 +6,7 @@ import {
   linearNames,
   type ModelConfig,
 } from "../io/config.ts";
+import type { CodebookShape } from "../io/pack.ts";
 import type { SafetensorsIndex } from "../io/safetensors.ts";
 import { transpose } from "../util/matrix.ts";
 
@@ -18,14 +19,7 @@ export function linearOf(cfg: ModelConfig, layer: number, kind: LinearKind): Lin
 }
 
 /** A ClusComp linear as stored: codebooks and packed codes, never expanded. */
-export interface CodebookData {
-  in: number;
-  out: number;
-  d: number;
-  n: number;
-  splits: number;
-  /** Bits per code (src/io/pack.ts). */
-  bits: number;
+export interface CodebookData extends CodebookShape {
   /** f32 [splits * n, d] (decoded from the stored f16/bf16). */
   centroids: Float32Array;
   /** Packed codes of [in, ceil(out / d)] row-major as u32 words (src/io/pack.ts). */
