@@ -57,12 +57,12 @@ export const FEW_TOKENS = 8;
  * Largest lut table per invocation, 2^bits * (tokens per invocation) sums: 8 invocations' tables
  * fill 32 KiB of workgroup memory.
  */
-export const LUT_MAX_ENTRIES = 1024;
+const LUT_MAX_ENTRIES = 1024;
 
 const ceilDiv = (a: number, b: number) => Math.ceil(a / b);
 
 /** Tokens per invocation for a chunk of `n` tokens: 1, 2, 4 or 8. */
-function tokenSlots(n: number): number {
+export function tokenSlots(n: number): number {
   return n <= 1 ? 1 : n <= 2 ? 2 : n <= 4 ? 4 : 8;
 }
 
@@ -78,7 +78,7 @@ function vecWidth(d: number): number {
  * d=8 N=1 6.8 / 6.4 / 7.4 / 8.6, d=8 N=8 9.6 / 9.6 / 14.9 / 13.9, d=2 N=8 20.4 / 17.1 / 16.2 /
  * 17.4: more columns amortise the code words and inputs until the accumulators spill.
  */
-export function matvecColumns(d: number, nt: number, cols: number): number {
+function matvecColumns(d: number, nt: number, cols: number): number {
   const g = Math.min(
     16,
     Math.floor(64 / d),
@@ -101,7 +101,7 @@ export function xQuads(io: LinearIO, off: number, rows: number, width: number): 
 }
 
 /** Code columns and token quads per invocation of the tile form (about 512 accumulators). */
-export function tileShape(d: number): { G: number; TQ: number } {
+function tileShape(d: number): { G: number; TQ: number } {
   const G = Math.max(1, Math.floor(32 / d));
   const outs = G * d;
   return { G, TQ: outs <= 32 ? 4 : outs <= 64 ? 2 : 1 };
@@ -169,7 +169,7 @@ function checkLayer(gpu: Gpu, layer: CodebookLayer): number {
 }
 
 /** Throws unless `buf` fits one storage binding (it is bound whole). */
-export function bindWhole(gpu: Gpu, kernel: string, name: string, buf: GPUBuffer): void {
+function bindWhole(gpu: Gpu, kernel: string, name: string, buf: GPUBuffer): void {
   if (buf.size > gpu.limits.maxBinding) {
     throw new Error(
       `${kernel}: ${name} buffer (${buf.label}) has ${buf.size} bytes, more than the ` +
@@ -289,7 +289,7 @@ export interface WidePlan {
 /** Most floats of a per-call widened table. */
 const WIDE_MAX_FLOATS = 1 << 22;
 
-export function widePlan(layer: CodebookLayer, maxBinding = Infinity): WidePlan {
+function widePlan(layer: CodebookLayer, maxBinding = Infinity): WidePlan {
   const { d, bits, n, splits } = layer;
   const plain = { P: 1, DP: d, entries: n, table: false };
   let P = 1, DP = d;

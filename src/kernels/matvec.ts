@@ -2,7 +2,7 @@
 // W [out, in] (rowsMatvec, e.g. a tied LM head over the embedding), feature-major activations and
 // either output layout (LinearIO). See shaders/matvec.wgsl.
 import code from "../../shaders/matvec.wgsl" with { type: "text" };
-import { type BufferRange, type Gpu, grid } from "../gpu/device.ts";
+import { type BufferRange, fits, type Gpu, grid } from "../gpu/device.ts";
 import { rowChunks } from "../gpu/tensor.ts";
 import {
   checkIO,
@@ -10,6 +10,7 @@ import {
   type LinearIO,
   MAX_ROWS_PER_DISPATCH,
   MIN_GROUPS,
+  tokenSlots,
   xQuads,
 } from "./codebook_linear.ts";
 import { templateModule } from "../gpu/template.ts";
@@ -22,22 +23,17 @@ export const MATVEC_MAX_N = FEW_TOKENS;
 
 const ceilDiv = (a: number, b: number) => Math.ceil(a / b);
 
-/** Tokens per invocation for a chunk of `n` tokens: 1, 2, 4 or 8. */
-function tokenSlots(n: number): number {
-  return n <= 1 ? 1 : n <= 2 ? 2 : n <= 4 ? 4 : 8;
-}
-
 /**
  * Column quads per invocation of the dense form: wide strips read long runs of each row (32 quads
  * at 4096 x 4096 took 12 ms at N = 1 where 16 took 15.5 and 8 took 23), while leaving at least
  * MIN_GROUPS workgroups.
  */
-export function denseQuads(quads: number): number {
+function denseQuads(quads: number): number {
   return Math.max(1, Math.min(32, Math.floor(quads / (8 * MIN_GROUPS))));
 }
 
 /** Rows of W per invocation of the rows form (16: 6.9 ms at N = 1, 17 ms at N = 8, 4096^2). */
-export function rowsPerLane(rows: number): number {
+function rowsPerLane(rows: number): number {
   return Math.max(1, Math.min(16, Math.floor(rows / (8 * MIN_GROUPS))));
 }
 
@@ -47,6 +43,29 @@ function checkDims(kernel: string, inDim: number, out: number): void {
       throw new Error(`${kernel}: ${k} = ${v} must be a positive integer`);
     }
   }
+}
+
+/** The pipeline of entry point `form` for NT = nt, V, R, vec4 W rows (`vec`) and vec4 x (`xv`). */
+function pipeline(
+  gpu: Gpu,
+  form: "dense" | "rows",
+  nt: number,
+  V: number,
+  R: number,
+  vec: boolean,
+  xv: boolean,
+): GPUComputePipeline {
+  const m = templateModule("matvec", code, {
+    FORM: form === "dense" ? 1 : 2,
+    NT: nt,
+    V,
+    R,
+    VEC: vec ? 1 : 0,
+    WTY: vec ? "vec4<f32>" : "f32",
+    XV: xv ? 1 : 0,
+    XTY: xv ? "vec4<f32>" : "f32",
+  });
+  return gpu.pipeline(m.name, m.code, form);
 }
 
 function bindings(p: Uint32Array, w: BufferRange, io: LinearIO) {
@@ -66,12 +85,7 @@ export function denseMatvec(
   io: LinearIO,
 ): void {
   checkDims("denseMatvec", inDim, out);
-  if (wT.size < inDim * out * 4) {
-    throw new Error(
-      `denseMatvec: W^T (${wT.label}) has ${wT.size} bytes, [${inDim}, ${out}] f32 needs ` +
-        `${inDim * out * 4}`,
-    );
-  }
+  fits("denseMatvec", "W^T", { buffer: wT }, inDim * out);
   const { xOff, yOff } = checkIO(gpu, "denseMatvec", inDim, out, io);
   const vec = out % 4 === 0;
   const chunks = rowChunks(inDim, out * 4, gpu.limits.maxBinding, gpu.limits.align);
@@ -81,17 +95,7 @@ export function denseMatvec(
     const nt = tokenSlots(nc);
     const V = denseQuads(quads);
     const xv = nt % 4 === 0 && xQuads(io, xOff + t0, inDim, nt);
-    const m = templateModule("matvec", code, {
-      FORM: 1,
-      NT: nt,
-      V,
-      R: 1,
-      VEC: vec ? 1 : 0,
-      WTY: vec ? "vec4<f32>" : "f32",
-      XV: xv ? 1 : 0,
-      XTY: xv ? "vec4<f32>" : "f32",
-    });
-    const pipe = gpu.pipeline(m.name, m.code, "dense");
+    const pipe = pipeline(gpu, "dense", nt, V, 1, vec, xv);
     const [gx, gy] = grid(ceilDiv(quads, 8 * V), gpu.limits.maxWorkgroups);
     let first = true;
     for (const ch of chunks) {
@@ -135,12 +139,7 @@ export function rowsMatvec(
   io: LinearIO,
 ): void {
   checkDims("rowsMatvec", inDim, out);
-  if (w.size < inDim * out * 4) {
-    throw new Error(
-      `rowsMatvec: W (${w.label}) has ${w.size} bytes, [${out}, ${inDim}] f32 needs ` +
-        `${inDim * out * 4}`,
-    );
-  }
+  fits("rowsMatvec", "W", { buffer: w }, inDim * out);
   const { xOff, yOff } = checkIO(gpu, "rowsMatvec", inDim, out, io);
   const vec = inDim % 4 === 0;
   const chunks = rowChunks(out, inDim * 4, gpu.limits.maxBinding, gpu.limits.align);
@@ -150,17 +149,7 @@ export function rowsMatvec(
     const nt = tokenSlots(nc);
     const R = rowsPerLane(Math.min(out, chunks[0].rows));
     const xv = nt === 1 && io.ldx === 1 && xQuads(io, xOff + t0, 1, Math.ceil(inDim / 4) * 4);
-    const m = templateModule("matvec", code, {
-      FORM: 2,
-      NT: nt,
-      V: 1,
-      R,
-      VEC: vec ? 1 : 0,
-      WTY: vec ? "vec4<f32>" : "f32",
-      XV: xv ? 1 : 0,
-      XTY: xv ? "vec4<f32>" : "f32",
-    });
-    const pipe = gpu.pipeline(m.name, m.code, "rows");
+    const pipe = pipeline(gpu, "rows", nt, 1, R, vec, xv);
     for (const ch of chunks) {
       const range = chunks.length === 1
         ? { buffer: w }

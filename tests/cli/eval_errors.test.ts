@@ -1,5 +1,6 @@
 // Bad input to `eval`: one error line naming the file or flag, a non-zero exit, no stack trace.
 import assert from "node:assert/strict";
+import { assertOneErrorLine } from "./errors.ts";
 import { HAS_SHARED, STORIES, WIKI } from "../shared.ts";
 
 const TASK = new URL("../../tasks/eval.ts", import.meta.url).pathname;
@@ -12,15 +13,6 @@ async function runEval(args: string[]): Promise<{ code: number; stderr: string; 
   }).output();
   const dec = new TextDecoder();
   return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-}
-
-function assertOneLine(r: { code: number; stderr: string }, ...needles: string[]): void {
-  assert.notEqual(r.code, 0, "exit code must be non-zero");
-  const lines = r.stderr.trim().split("\n").filter((l) => !l.includes("MESA") && l.trim());
-  assert.equal(lines.length, 1, `expected one error line, got:\n${r.stderr}`);
-  assert.match(lines[0], /^error: /);
-  assert.doesNotMatch(r.stderr, /\n\s+at /, "no stack trace");
-  for (const n of needles) assert.ok(lines[0].includes(n), `"${lines[0]}" should name ${n}`);
 }
 
 /** A copy of stories260K whose files a test may break. */
@@ -147,7 +139,7 @@ for (const c of cases) {
   Deno.test({
     name: `eval refuses ${c.name} with one clear line`,
     ignore: !HAS_SHARED,
-    fn: async () => assertOneLine(await runEval(await c.args()), ...c.needles),
+    fn: async () => assertOneErrorLine(await runEval(await c.args()), ...c.needles),
   });
 }
 

@@ -2,6 +2,7 @@
 // trace; and one happy path (--json on the embedded kjv-llama model).
 import assert from "node:assert/strict";
 import { fromFileUrl } from "../util.ts";
+import { assertOneErrorLine } from "./errors.ts";
 
 const TASK = fromFileUrl(new URL("../../tasks/generate.ts", import.meta.url));
 const KJV = fromFileUrl(new URL("../../fixtures/kjv-llama", import.meta.url));
@@ -27,16 +28,6 @@ async function runGenerate(args: string[], stdin?: string): Promise<Run> {
   const out = await child.output();
   const dec = new TextDecoder();
   return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-}
-
-function assertOneLine(r: Run, ...needles: string[]): void {
-  assert.notEqual(r.code, 0, "exit code must be non-zero");
-  const lines = r.stderr.trim().split("\n").filter((l) => !l.includes("MESA") && l.trim());
-  assert.equal(lines.length, 1, `expected one error line, got:\n${r.stderr}`);
-  assert.match(lines[0], /^error: /);
-  assert.doesNotMatch(r.stderr, /\n\s+at /, "no stack trace");
-  assert.equal(r.stdout, "", "nothing on stdout");
-  for (const n of needles) assert.ok(lines[0].includes(n), `"${lines[0]}" should name ${n}`);
 }
 
 async function tempFile(text: string): Promise<string> {
@@ -203,7 +194,7 @@ const cases: {
 
 for (const c of cases) {
   Deno.test(`generate refuses ${c.name} with one clear line`, async () => {
-    assertOneLine(await runGenerate(await c.args(), c.stdin), ...c.needles);
+    assertOneErrorLine(await runGenerate(await c.args(), c.stdin), ...c.needles);
   });
 }
 

@@ -5,6 +5,7 @@ import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
 import { compressedFolder } from "../model/compressed_folder.ts";
 import { runTask } from "../pipeline/run.ts";
+import { assertOneErrorLine } from "./errors.ts";
 import { decodeSafetensors, writeSafetensors } from "../../src/io/safetensors.ts";
 
 const KJV = fileURLToPath(new URL("../../fixtures/kjv-llama", import.meta.url));
@@ -30,12 +31,7 @@ async function brokenFolder(name: string, edit: (data: Uint8Array) => Uint8Array
 
 async function assertRefused(dir: string, ...needles: string[]): Promise<void> {
   const r = await runTask("generate", ["--model", dir, "--prompt", "In the beginning", "--quiet"]);
-  assert.notEqual(r.code, 0, "exit code must be non-zero");
-  const lines = r.stderr.trim().split("\n").filter((l) => l.trim() && !l.includes("MESA"));
-  assert.equal(lines.length, 1, `expected one error line, got:\n${r.stderr}`);
-  assert.match(lines[0], /^error: /);
-  for (const n of needles) assert.ok(lines[0].includes(n), `"${lines[0]}" should name ${n}`);
-  assert.equal(r.stdout.trim(), "", "nothing generated");
+  assertOneErrorLine(r, ...needles);
 }
 
 Deno.test("generate refuses a folder whose packed codes hold a code >= n", async () => {

@@ -8,7 +8,7 @@ import {
   formsFor,
 } from "../../src/kernels/codebook_linear.ts";
 import { Rng } from "../../src/util/rng.ts";
-import { codebookLinearRef } from "../reference/codebook_linear.ts";
+import { codebookLinearRef, expectErrors } from "../reference/codebook_linear.ts";
 import { assertClose, randomF32 } from "../util.ts";
 import { withMaxBinding } from "../util.ts";
 
@@ -223,25 +223,11 @@ Deno.test("codebookLinear rejects bad arguments with clear messages", async () =
     ["overlap", () => codebookLinear(gpu, layer, { ...io, N: 2, yRow: 1, yCol: 1, ldx: 2 })],
   ];
   try {
-    for (const [want, f] of cases) {
-      let msg = "";
-      try {
-        f();
-      } catch (e) {
-        msg = (e as Error).message;
-      }
-      if (!msg.includes(want)) throw new Error(`expected an error naming "${want}", got "${msg}"`);
-    }
+    expectErrors(cases);
     // A buffer bound whole past the binding limit (a Gpu with a 1 KiB limit).
     const small = withMaxBinding(gpu, 1024);
     const big = gpu.createBuffer(4096, "big codes");
-    let msg = "";
-    try {
-      codebookLinear(small, { ...layer, codes: big }, io);
-    } catch (e) {
-      msg = (e as Error).message;
-    }
-    if (!msg.includes("binding limit")) throw new Error(`expected the binding limit, got "${msg}"`);
+    expectErrors([["binding limit", () => codebookLinear(small, { ...layer, codes: big }, io)]]);
     gpu.releaseBuffer(big);
   } finally {
     for (const b of [c, k, x, y]) gpu.releaseBuffer(b);

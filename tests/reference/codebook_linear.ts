@@ -116,3 +116,16 @@ export function rowsMatvecRef(
   }
   return store(y, acc, out, io);
 }
+
+/** Throws unless each call throws an error whose message contains its paired text. */
+export function expectErrors(cases: [string, () => void][]): void {
+  for (const [want, f] of cases) {
+    let msg = "";
+    try {
+      f();
+    } catch (e) {
+      msg = (e as Error).message;
+    }
+    if (!msg.includes(want)) throw new Error(`expected an error naming "${want}", got "${msg}"`);
+  }
+}
