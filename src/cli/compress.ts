@@ -8,7 +8,7 @@ import { LINEAR_KINDS, type LinearKind, loadConfig } from "../io/config.ts";
 import { compress, type CompressSettings } from "../pipeline/compress.ts";
 import { parseDuration, RunControl } from "../pipeline/control.ts";
 import { Progress } from "../util/progress.ts";
-import { bitsText, originalBitsPerWeight } from "../pipeline/report.ts";
+import { bitsText } from "../pipeline/report.ts";
 import { bytesFlag, intFlag, numberFlag, parseFlags } from "./args.ts";
 
 export const COMPRESS_HELP =
@@ -278,7 +278,7 @@ export async function compressMain(argv: string[]): Promise<number> {
         `| model | bits/weight | ppl (${e.original.seqlen}, ${e.original.windows} windows) |`,
       );
       console.log(`| --- | --- | --- |`);
-      const orig = bitsText(await originalBitsPerWeight(r.model));
+      const orig = bitsText(r.original_bits_per_weight);
       console.log(`| original | ${orig} | ${e.original.ppl.toFixed(4)} |`);
       const label = r.finetune ? `${r.method} + finetune` : r.method;
       console.log(

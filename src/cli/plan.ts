@@ -2,7 +2,7 @@
 // fits.
 import { UserError } from "../errors.ts";
 import { loadConfigFile } from "../io/config.ts";
-import { planMemory } from "../pipeline/memplan.ts";
+import { gib, planMemory } from "../pipeline/memplan.ts";
 import { bytesFlag, intFlag, parseFlags } from "./args.ts";
 
 export const PLAN_HELP = `cluscomp plan: peak GPU and host memory and work-directory disk per stage
@@ -33,8 +33,6 @@ Usage: deno task plan --config CONFIG.json --gpu-memory 48GB [options]
   --json                 one JSON object: {fits, stages: [{stage, gpu_bytes, host_bytes,
                          disk_bytes}]}
 `;
-
-const gib = (b: number) => `${(b / 2 ** 30).toFixed(2)} GiB`;
 
 export async function planMain(argv: string[]): Promise<number> {
   const cmd = "plan";

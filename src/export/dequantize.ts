@@ -19,11 +19,10 @@ export const EXPORT_DTYPES: Record<string, { dtype: FloatDtype; torch: string }>
   bf16: { dtype: "BF16", torch: "bfloat16" },
 };
 
-const TORCH_DTYPES: Record<string, FloatDtype> = {
-  float32: "F32",
-  float16: "F16",
-  bfloat16: "BF16",
-};
+/** torch_dtype -> safetensors dtype (EXPORT_DTYPES read the other way). */
+const TORCH_DTYPES: Record<string, FloatDtype> = Object.fromEntries(
+  Object.values(EXPORT_DTYPES).map((e) => [e.torch, e.dtype]),
+);
 
 /** f32 values as bytes of a float dtype (F16 / BF16 round to nearest even). */
 export function encodeFloat(w: Float32Array, dtype: FloatDtype): Uint8Array {

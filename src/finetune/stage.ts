@@ -72,10 +72,11 @@ async function teacherPass(
   layer: number,
   inputs: Acts,
   T: number,
+  rope: { cos: Float32Array; sin: Float32Array },
   make: MakeActs,
 ): Promise<Acts> {
   const block = await uploadBlock(gpu, cfg, src, layer);
-  const scratch = await BlockScratch.create(gpu, cfg, 1, T, ropeTables(ropeInvFreq(cfg), T));
+  const scratch = await BlockScratch.create(gpu, cfg, 1, T, rope);
   const x = Tensor.empty(gpu, [cfg.hidden, T], "teacher.x");
   const out = await make();
   try {
@@ -178,8 +179,9 @@ export async function finetune(inp: FinetuneInput): Promise<BlockReport[]> {
     const so = get("student_out"), to = get("teacher_out");
     const s = await make(), te = await make();
     for (let i = 0; i < windows.length; i++) {
-      await s.put(i, so.slice(i * H * T, (i + 1) * H * T));
-      await te.put(i, to.slice(i * H * T, (i + 1) * H * T));
+      // Views into the unit's bytes, read just now and owned by nothing else: no second copy.
+      await s.put(i, so.subarray(i * H * T, (i + 1) * H * T));
+      await te.put(i, to.subarray(i * H * T, (i + 1) * H * T));
     }
     student = s;
     teacher = te;
@@ -356,7 +358,7 @@ async function replayBlock(
   make: MakeActs,
 ): Promise<{ studentOut: Acts; teacherOut: Acts }> {
   const { gpu, cfg, src, work } = inp;
-  const teacherOut = await teacherPass(gpu, cfg, src, l, teacherIn, T, make);
+  const teacherOut = await teacherPass(gpu, cfg, src, l, teacherIn, T, rope, make);
   const unit = finetuneUnit(l);
   const tuned = decodeSafetensors(await work.read(unit), work.path(`${unit}.safetensors`));
   const best = new Map(LINEAR_KINDS.map((kind) => {
@@ -392,8 +394,10 @@ async function finetuneBlock(
 > {
   const { gpu, cfg, src, work, settings, progress } = inp;
   const H = cfg.hidden, start = performance.now();
-  const teacherOut = await teacherPass(gpu, cfg, src, l, teacherIn, T, make);
-  const extra = settings.extraTerm ? await teacherPass(gpu, cfg, src, l, studentIn, T, make) : null;
+  const teacherOut = await teacherPass(gpu, cfg, src, l, teacherIn, T, rope, make);
+  const extra = settings.extraTerm
+    ? await teacherPass(gpu, cfg, src, l, studentIn, T, rope, make)
+    : null;
 
   const s = await studentBlock(inp, l, T, rope);
   const x = Tensor.empty(gpu, [H, T], "ft.x");

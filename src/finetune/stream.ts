@@ -37,9 +37,7 @@ export class DiskActs implements Acts {
   private constructor(readonly dir: string, readonly length: number) {}
 
   static async create(dir: string, length: number): Promise<DiskActs> {
-    await Deno.remove(dir, { recursive: true }).catch((e) => {
-      if (!(e instanceof Deno.errors.NotFound)) throw e;
-    });
+    await removeScratch(dir);
     await Deno.mkdir(dir, { recursive: true });
     return new DiskActs(dir, length);
   }
@@ -59,10 +57,8 @@ export class DiskActs implements Acts {
     streamStats.written++;
   }
 
-  async release(): Promise<void> {
-    await Deno.remove(this.dir, { recursive: true }).catch((e) => {
-      if (!(e instanceof Deno.errors.NotFound)) throw e;
-    });
+  release(): Promise<void> {
+    return removeScratch(this.dir);
   }
 }
 

@@ -5,23 +5,12 @@
 // Three forms (shaders/codebook_linear.wgsl, a template expanded per shape): "matvec" and "lut"
 // for a few tokens, "tile" for many. chooseForm picks one from measurements (see there).
 import code from "../../shaders/codebook_linear.wgsl" with { type: "text" };
-import { codeBits, packedWords } from "../io/pack.ts";
+import { codeBits, type CodebookShape, packedWords } from "../io/pack.ts";
 import { type Gpu, grid } from "../gpu/device.ts";
 import { templateModule, type WgslVars } from "../gpu/template.ts";
 
 /** A ClusComp linear layer on the GPU. */
-export interface CodebookLayer {
-  /** Input features (rows of W^T). */
-  in: number;
-  /** Output features (columns of W^T). */
-  out: number;
-  d: number;
-  /** Entries per codebook. */
-  n: number;
-  /** Codebooks along the input rows: rows [s * in / splits, (s + 1) * in / splits) use codebook s. */
-  splits: number;
-  /** Bits per code (src/io/pack.ts codeBits(n)). */
-  bits: number;
+export interface CodebookLayer extends CodebookShape {
   /** f32 [splits * n, d]. */
   centroids: GPUBuffer;
   /** u32 words: the packed codes of [in, ceil(out / d)] row-major (src/io/pack.ts). */

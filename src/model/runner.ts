@@ -61,8 +61,6 @@ export class Runner {
     private readonly headGroup: number,
     private readonly x: Tensor,
     private readonly ids: Tensor,
-    private readonly cos: Tensor,
-    private readonly sin: Tensor,
     private readonly logits: Tensor,
   ) {}
 
@@ -77,7 +75,7 @@ export class Runner {
       throw new Error(`Runner: context ${opts.maxContext} must be a positive integer`);
     }
     const chunk = Math.min(ctx, opts.prefillChunk ?? 256);
-    const H = cfg.hidden, kvDim = cfg.kvHeads * cfg.headDim, half = cfg.headDim / 2;
+    const H = cfg.hidden, kvDim = cfg.kvHeads * cfg.headDim;
     const before = gpu.bytesLive;
     const embedding = await Tensor.from(
       gpu,
@@ -115,8 +113,6 @@ export class Runner {
       headGroup,
       Tensor.empty(gpu, [H, chunk], "x"),
       Tensor.empty(gpu, [chunk], "ids", "u32"),
-      Tensor.empty(gpu, [chunk, half], "rope.cos"),
-      Tensor.empty(gpu, [chunk, half], "rope.sin"),
       Tensor.empty(gpu, [cfg.vocab], "logits"),
     );
   }
@@ -138,12 +134,12 @@ export class Runner {
   ): { kvCache: number; scratch: number } {
     const ctx = context, chunk = Math.min(ctx, prefillChunk);
     const buf = (bytes: number) => Math.max(16, Math.ceil(bytes / 4) * 4);
-    const kvDim = cfg.kvHeads * cfg.headDim, half = cfg.headDim / 2;
+    const kvDim = cfg.kvHeads * cfg.headDim;
     const headGroup = Runner.headGroup(cfg, ctx, chunk, maxBinding);
     return {
       kvCache: cfg.layers * 2 * buf(kvDim * ctx * 4),
       scratch: BlockScratch.bytes(cfg, 1, chunk, maxBinding) + buf(headGroup * ctx * chunk * 4) +
-        buf(cfg.hidden * chunk * 4) + buf(chunk * 4) + 2 * buf(chunk * half * 4) +
+        buf(cfg.hidden * chunk * 4) + buf(chunk * 4) +
         buf(cfg.vocab * 4),
     };
   }
@@ -177,8 +173,9 @@ export class Runner {
     const s = this.scratch, x = this.x, H = cfg.hidden;
     const table = ropeTables(ropeInvFreq(cfg), n, p0);
     await gpu.write(this.ids.buffer, Uint32Array.from(ids));
-    await gpu.write(this.cos.buffer, table.cos);
-    await gpu.write(this.sin.buffer, table.sin);
+    // The scratch's rope tables [chunk, half] hold this pass's positions.
+    await gpu.write(s.cos.buffer, table.cos);
+    await gpu.write(s.sin.buffer, table.sin);
     embedTokens(gpu, cfg, this.embedding, this.ids, x, n);
     for (let l = 0; l < cfg.layers; l++) this.block(l, n, p0);
     this.position += n;
@@ -206,8 +203,8 @@ export class Runner {
       buffer: v.buffer,
       offset: p0 * kvDim,
     });
-    rope(gpu, s.q.all, this.cos.all, this.sin.all, cfg.heads, hd, n);
-    rope(gpu, k.all, this.cos.all, this.sin.all, cfg.kvHeads, hd, n, { ld: ctx, col0: p0 });
+    rope(gpu, s.q.all, s.cos.all, s.sin.all, cfg.heads, hd, n);
+    rope(gpu, k.all, s.cos.all, s.sin.all, cfg.kvHeads, hd, n, { ld: ctx, col0: p0 });
     attend(gpu, cfg, {
       q: s.q.buffer,
       ldq: n,
@@ -243,8 +240,6 @@ export class Runner {
         this.scores,
         this.x,
         this.ids,
-        this.cos,
-        this.sin,
         this.logits,
       ]
     ) t.release();

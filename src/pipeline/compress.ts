@@ -19,7 +19,7 @@ import { z } from "zod";
 import { sha256, sha256Files } from "../io/hash.ts";
 import type { Progress } from "../util/progress.ts";
 import { RunControl } from "./control.ts";
-import { writeReport } from "./report.ts";
+import { originalBitsPerWeight, writeReport } from "./report.ts";
 import type { CompressResult, CompressSettings } from "./result.ts";
 import { WorkDir } from "../io/workdir.ts";
 
@@ -76,6 +76,12 @@ export async function compress(
   control: RunControl = new RunControl(null),
 ): Promise<CompressResult> {
   const t0 = performance.now();
+  const method = methods[s.method];
+  if (!method) {
+    throw new UserError(
+      `method must be one of ${Object.keys(methods).join(", ")} (got "${s.method}")`,
+    );
+  }
   if (existsSync(join(s.model, "config.json"))) {
     const raw = JSON.parse(await Deno.readTextFile(join(s.model, "config.json")));
     if (raw.quantization_config) {
@@ -87,12 +93,6 @@ export async function compress(
   const tokenizer = await Tokenizer.load(s.model);
   const { cfg, source, index } = m;
   const inputs = await inputsHash(s.model, index.files, s.work);
-  const method = methods[s.method];
-  if (!method) {
-    throw new UserError(
-      `method must be one of ${Object.keys(methods).join(", ")} (got "${s.method}")`,
-    );
-  }
   const planned = await method.plan(cfg, source, s, inputs.hash);
   const { bits, matrices: plan, quantizeBlock } = planned;
   progress.note("plan", planned.note);
@@ -112,6 +112,7 @@ export async function compress(
     model: s.model,
     out: s.out,
     bits_per_weight: bits.total,
+    original_bits_per_weight: originalBitsPerWeight(cfg, index),
     stored_bits_per_weight: bits.stored,
     plan,
     blocks: [],

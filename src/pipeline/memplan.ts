@@ -44,7 +44,7 @@ export interface StagePlan {
   note: string;
 }
 
-const gib = (b: number) => `${(b / 2 ** 30).toFixed(2)} GiB`;
+export const gib = (b: number) => `${(b / 2 ** 30).toFixed(2)} GiB`;
 
 /** Bytes the runtime allocates for a buffer of `n` bytes (rounded up to 4, at least 16). */
 const buf = (n: number) => Math.max(16, Math.ceil(n / 4) * 4);

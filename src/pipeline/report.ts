@@ -1,7 +1,7 @@
 // report.json, report.md and loss.svg for a compressed folder.
 import { join } from "node:path";
 import type { BlockReport } from "../finetune/stage.ts";
-import { linearNames, loadConfig } from "../io/config.ts";
+import { linearNames, type ModelConfig } from "../io/config.ts";
 import { DTYPE_SIZE, SafetensorsIndex } from "../io/safetensors.ts";
 import type { CompressResult } from "./result.ts";
 
@@ -9,28 +9,22 @@ import type { CompressResult } from "./result.ts";
  * Bits per weight of the original model's linears as stored (F32 32, F16 and BF16 16), weighted
  * by size: what the compressed linears are compared with.
  */
-export async function originalBitsPerWeight(model: string): Promise<number> {
-  const cfg = await loadConfig(model);
-  const idx = await SafetensorsIndex.open(model);
-  try {
-    let bits = 0, weights = 0;
-    for (let l = 0; l < cfg.layers; l++) {
-      for (const lin of linearNames(l, cfg)) {
-        const t = idx.info(lin.name);
-        const n = t.shape.reduce((a, b) => a * b, 1);
-        bits += 8 * DTYPE_SIZE[t.dtype] * n;
-        weights += n;
-      }
+export function originalBitsPerWeight(cfg: ModelConfig, idx: SafetensorsIndex): number {
+  let bits = 0, weights = 0;
+  for (let l = 0; l < cfg.layers; l++) {
+    for (const lin of linearNames(l, cfg)) {
+      const t = idx.info(lin.name);
+      const n = t.shape.reduce((a, b) => a * b, 1);
+      bits += 8 * DTYPE_SIZE[t.dtype] * n;
+      weights += n;
     }
-    return bits / weights;
-  } finally {
-    idx.close();
   }
+  return bits / weights;
 }
 
 export async function writeReport(dir: string, r: CompressResult): Promise<void> {
   await Deno.writeTextFile(join(dir, "report.json"), JSON.stringify(r, null, 2) + "\n");
-  const originalBits = r.eval ? await originalBitsPerWeight(r.model) : undefined;
+  const originalBits = r.eval ? r.original_bits_per_weight : undefined;
   await Deno.writeTextFile(join(dir, "report.md"), reportMarkdown(r, originalBits));
   const svg = lossSvg(r);
   if (svg) await Deno.writeTextFile(join(dir, "loss.svg"), svg);

@@ -32,6 +32,8 @@ export interface CompressResult {
   out: string;
   bits_per_weight: number;
   stored_bits_per_weight: number;
+  /** The original's linear weights as stored: 16 for F16 / BF16, 32 for F32. */
+  original_bits_per_weight: number;
   plan?: MatrixPlan[];
   blocks: { layer: number; facts: MatrixFacts[]; resumed: boolean }[];
   finetune?: {

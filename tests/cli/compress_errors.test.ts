@@ -6,6 +6,7 @@ import { existsSync } from "node:fs";
 import { bytesToF32, SafetensorsIndex, writeSafetensors } from "../../src/io/safetensors.ts";
 import type { CompressResult } from "../../src/pipeline/compress.ts";
 import { originalBitsPerWeight, reportMarkdown } from "../../src/pipeline/report.ts";
+import { loadConfig } from "../../src/io/config.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 const KJV = `${ROOT}fixtures/kjv-llama`;
@@ -54,8 +55,18 @@ Deno.test("compress: a d beyond k-means' 1..16 exits 1 with one line naming the 
   }
 });
 
+/** originalBitsPerWeight of a model folder. */
+async function bitsOf(dir: string): Promise<number> {
+  const idx = await SafetensorsIndex.open(dir);
+  try {
+    return originalBitsPerWeight(await loadConfig(dir), idx);
+  } finally {
+    idx.close();
+  }
+}
+
 Deno.test("report: the original's bits per weight are its stored width (BF16 16, F32 32)", async () => {
-  assert.equal(await originalBitsPerWeight(KJV), 16);
+  assert.equal(await bitsOf(KJV), 16);
   // An F32 copy of the same model.
   const dir = await Deno.makeTempDir({ prefix: "cluscomp-f32-" });
   try {
@@ -71,7 +82,7 @@ Deno.test("report: the original's bits per weight are its stored width (BF16 16,
     }
     idx.close();
     await writeSafetensors(`${dir}/model.safetensors`, tensors);
-    assert.equal(await originalBitsPerWeight(dir), 32);
+    assert.equal(await bitsOf(dir), 32);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -163,10 +163,11 @@ Deno.test("memplan: generate = compressed weights + KV cache + prefill-chunk scr
     const g = plan.find((p) => p.stage === "generate")!;
     const weights = cfg.layers * block + 2 * cfg.vocab * cfg.hidden * 4 + cfg.hidden * 4;
     const kv = 2 * cfg.layers * cfg.kvHeads * cfg.headDim * T * 4;
-    // Prefill in chunks of up to 256 tokens: block scratch, scores, x, ids, rope tables, logits.
-    const chunk = Math.min(T, 256), heads = cfg.heads, half = cfg.headDim / 2;
+    // Prefill in chunks of up to 256 tokens: block scratch (rope tables included), scores, x,
+    // ids, logits.
+    const chunk = Math.min(T, 256), heads = cfg.heads;
     const scratch = BlockScratch.bytes(cfg, 1, chunk, SETTINGS.maxBinding) +
-      (heads * T * chunk + cfg.hidden * chunk + chunk + 2 * chunk * half + cfg.vocab) * 4;
+      (heads * T * chunk + cfg.hidden * chunk + chunk + cfg.vocab) * 4;
     assert.equal(g.gpu_bytes, weights + kv + scratch, `context ${T}`);
     assert.ok(g.note.includes(`context ${T}`), g.note);
   }
