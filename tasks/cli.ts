@@ -2,6 +2,7 @@
 import { compressMain } from "../src/cli/compress.ts";
 import { evalMain } from "../src/cli/eval.ts";
 import { exportMain } from "../src/cli/export.ts";
+import { finetuneMain } from "../src/cli/finetune.ts";
 import { generateMain } from "../src/cli/generate.ts";
 import { planMain } from "../src/cli/plan.ts";
 import { runMain } from "../src/cli/main.ts";
@@ -11,6 +12,7 @@ const COMMANDS: Record<string, (argv: string[]) => Promise<number>> = {
   compress: compressMain,
   eval: evalMain,
   export: exportMain,
+  finetune: finetuneMain,
   generate: generateMain,
   plan: planMain,
 };

@@ -19,6 +19,7 @@ export const LAYERS: Record<string, number> = {
   format: 4,
   train: 4,
   model: 3,
+  runner: 3,
   kernels: 2,
   gpu: 1,
   io: 0,

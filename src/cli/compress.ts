@@ -6,7 +6,7 @@ import { UserError } from "../errors.ts";
 import { defaultCalib, defaultLr } from "../finetune/calib.ts";
 import { LINEAR_KINDS, type LinearKind, loadConfig } from "../io/config.ts";
 import { compress, type CompressSettings } from "../pipeline/compress.ts";
-import { parseDuration, RunControl } from "../pipeline/control.ts";
+import { parseDuration, RunControl } from "../runner/control.ts";
 import { Progress } from "../util/progress.ts";
 import { bitsText } from "../pipeline/report.ts";
 import { bytesFlag, intFlag, numberFlag, parseFlags } from "./args.ts";
@@ -48,6 +48,15 @@ perplexity of the original and compressed model on its held-out text (seqlen 128
   --extra-term           also fit the full-precision block applied to the student's input
   --host-memory SIZE     cap on host memory for the calibration activations (e.g. 8GB); over it
                          they stream through files in the work directory, with the same result
+  --recover              after finetuning, distil the whole compressed model from the original
+                         (its top-k next-token distribution) on the calibration text; see
+                         "deno task finetune --help" for the training itself
+  --recover-steps S      recovery steps (default 1 epoch over the calibration windows)
+  --recover-lr LR        recovery peak learning rate (default 1e-3)
+  --recover-batch B      windows per recovery step (default 4)
+  --recover-seqlen L     tokens per recovery window (default: --calib-seqlen)
+  --recover-data N       train on N tokens the original model writes itself instead of the
+                         calibration text (ClusComp's 1-bit recovery)
   --eval-text FILE       evaluate original and compressed perplexity on FILE
   --eval-seqlen N        window length (default 2048)
   --eval-max-windows K   first K windows only
@@ -124,6 +133,12 @@ export async function compressMain(argv: string[]): Promise<number> {
     "weight-decay": { type: "string" },
     "extra-term": { type: "boolean" },
     "host-memory": { type: "string" },
+    recover: { type: "boolean" },
+    "recover-steps": { type: "string" },
+    "recover-lr": { type: "string" },
+    "recover-batch": { type: "string" },
+    "recover-seqlen": { type: "string" },
+    "recover-data": { type: "string" },
     json: { type: "boolean" },
     quiet: { type: "boolean" },
     help: { type: "boolean", short: "h" },
@@ -266,6 +281,45 @@ export async function compressMain(argv: string[]): Promise<number> {
       },
     };
     if (settings.finetune.holdout >= 1) throw new UserError(`${cmd}: --holdout must be below 1`);
+  }
+  const recoverFlags = Object.keys(values).filter((k) => k.startsWith("recover-"));
+  if (recoverFlags.length > 0 && !values.recover) {
+    throw new UserError(`${cmd}: --${recoverFlags[0]} needs --recover`);
+  }
+  if (values.recover) {
+    if (!settings.finetune) {
+      throw new UserError(`${cmd}: --recover needs finetuning (--calib FILE, no --no-finetune)`);
+    }
+    const ft = settings.finetune;
+    const teacherData = values["recover-data"] === undefined
+      ? undefined
+      : intFlag(cmd, values["recover-data"], "recover-data", 1);
+    settings.recover = {
+      data: teacherData === undefined ? ft.calib : undefined,
+      format: "text",
+      holdout: ft.holdout > 0 ? ft.holdout : 0.1,
+      teacherData,
+      topk: 64,
+      temperature: 1,
+      steps: values["recover-steps"] === undefined
+        ? null
+        : intFlag(cmd, values["recover-steps"], "recover-steps", 1),
+      epochs: 1,
+      train: {
+        seqlen: intFlag(cmd, values["recover-seqlen"], "recover-seqlen", 2, ft.seqlen),
+        batch: intFlag(cmd, values["recover-batch"], "recover-batch", 1, 4),
+        lr: numberFlag(cmd, values["recover-lr"], "recover-lr", { exclusiveMin: 0, def: 1e-3 }),
+        warmup: -1,
+        schedule: "linear",
+        weightDecay: 0,
+        evalEvery: -1,
+        trainNorms: false,
+        trainHead: false,
+        kdWeight: 1,
+        seed: cluster.seed,
+      },
+      gpuBudget: settings.gpuBudget,
+    };
   }
   const r = await compress(settings, progress, new RunControl(budgetMs));
   if (values.json) {

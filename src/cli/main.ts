@@ -1,7 +1,7 @@
 // Runs a command: user errors become one line on stderr and exit code 1; no stack traces
 // unless CLUSCOMP_DEBUG is set.
 import { UserError } from "../errors.ts";
-import { StopRun } from "../pipeline/control.ts";
+import { StopRun } from "../runner/control.ts";
 
 export const EXIT_ERROR = 1;
 export const EXIT_INTERNAL = 3;

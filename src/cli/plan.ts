@@ -3,7 +3,16 @@
 import { UserError } from "../errors.ts";
 import { loadConfigFile } from "../io/config.ts";
 import { gib, planMemory } from "../pipeline/memplan.ts";
-import { bytesFlag, intFlag, parseFlags } from "./args.ts";
+import {
+  estimateSeconds,
+  humanSeconds,
+  parseThroughput,
+  stageWork,
+  type Throughput,
+} from "../pipeline/timeplan.ts";
+import { measureThroughput } from "../bench/timeplan.ts";
+import { getGpu } from "../gpu/device.ts";
+import { bytesFlag, intFlag, numberFlag, parseFlags } from "./args.ts";
 
 export const PLAN_HELP = `cluscomp plan: peak GPU and host memory and work-directory disk per stage
 for a model config
@@ -30,8 +39,28 @@ Usage: deno task plan --config CONFIG.json --gpu-memory 48GB [options]
   --max-binding SIZE     the GPU's maxStorageBufferBindingSize (default 2GiB; llvmpipe: 128MiB)
   --context N            tokens of context for the generate row (default max_position_embeddings)
   --no-finetune          plan without the finetune stage
+  --train-seqlen L       rows teacher and train (deno task finetune, compress --recover): window
+                         length (default 512)
+  --train-windows W      training windows the teacher's top-k is kept for (default 1000)
+  --topk K               teacher probabilities kept per position (default 64)
+  --no-train             plan without the teacher and train rows
   --json                 one JSON object: {fits, stages: [{stage, gpu_bytes, host_bytes,
                          disk_bytes}]}
+
+Time estimates (an "est. time" column; with --json, "seconds" and "work" per stage and the
+"throughput" used): the work of each stage (k-means distance evaluations, matmul and codebook
+FLOPs, bytes streamed per generated token; see src/pipeline/timeplan.ts) over rates measured
+with the project's kernels. Finetuning counts every epoch (--patience may stop sooner); export
+runs on the host and has no estimate.
+
+  --measure              measure the rates on this machine's adapter first (a few seconds)
+  --throughput FILE      use the rates of a previous --measure --json (e.g. from a real GPU)
+  --iters I              k-means iterations (default 20)
+  --restarts R           k-means runs per matrix (default 1)
+  --epochs E             finetuning epochs per block (default 20)
+  --holdout F            share of calibration windows held out (default 0.1)
+  --extra-term           finetuning fits the extra term too (a second teacher pass)
+  --new-tokens N         tokens generated for the generate row (default 256)
 `;
 
 export async function planMain(argv: string[]): Promise<number> {
@@ -51,7 +80,18 @@ export async function planMain(argv: string[]): Promise<number> {
     "max-binding": { type: "string" },
     context: { type: "string" },
     "no-finetune": { type: "boolean" },
+    "no-train": { type: "boolean" },
+    "train-seqlen": { type: "string" },
+    "train-windows": { type: "string" },
+    topk: { type: "string" },
     "extra-term": { type: "boolean" },
+    measure: { type: "boolean" },
+    throughput: { type: "string" },
+    iters: { type: "string" },
+    restarts: { type: "string" },
+    epochs: { type: "string" },
+    holdout: { type: "string" },
+    "new-tokens": { type: "string" },
     json: { type: "boolean" },
     help: { type: "boolean", short: "h" },
   });
@@ -63,7 +103,7 @@ export async function planMain(argv: string[]): Promise<number> {
   const cfg = await loadConfigFile(values.config);
   const gpuMemory = bytesFlag(cmd, values["gpu-memory"], "gpu-memory");
   const disk = values.disk === undefined ? undefined : bytesFlag(cmd, values.disk, "disk");
-  const stages = planMemory(cfg, {
+  const shape = {
     d: intFlag(cmd, values.d, "d", 1, 8),
     n: intFlag(cmd, values.n, "n", 2, 65536),
     splits: intFlag(cmd, values.splits, "splits", 1, 1),
@@ -71,6 +111,23 @@ export async function planMain(argv: string[]): Promise<number> {
     calibSeqlen: intFlag(cmd, values["calib-seqlen"], "calib-seqlen", 2, 2048),
     evalSeqlen: intFlag(cmd, values["eval-seqlen"], "eval-seqlen", 2, 2048),
     evalTokens: intFlag(cmd, values["eval-tokens"], "eval-tokens", 2, 341469),
+  };
+  const timing = {
+    iters: intFlag(cmd, values.iters, "iters", 1, 20),
+    restarts: intFlag(cmd, values.restarts, "restarts", 1, 1),
+    epochs: intFlag(cmd, values.epochs, "epochs", 0, 20),
+    holdout: numberFlag(cmd, values.holdout, "holdout", { min: 0, def: 0.1 }),
+    newTokens: intFlag(cmd, values["new-tokens"], "new-tokens", 1, 256),
+  };
+  if (timing.holdout >= 1) throw new UserError(`${cmd}: --holdout must be below 1`);
+  if (values.measure && values.throughput !== undefined) {
+    throw new UserError(`${cmd}: give --measure or --throughput, not both`);
+  }
+  // Read a --throughput file before any work, so a bad one fails at once.
+  let throughput: Throughput | null = null;
+  if (typeof values.throughput === "string") throughput = await readThroughput(values.throughput);
+  const stages = planMemory(cfg, {
+    ...shape,
     gpuMemory,
     disk,
     ...(values["host-memory"] === undefined
@@ -80,23 +137,84 @@ export async function planMain(argv: string[]): Promise<number> {
     finetune: !values["no-finetune"],
     extraTerm: Boolean(values["extra-term"]),
     context: intFlag(cmd, values.context, "context", 1, cfg.maxPositions),
+    train: values["no-train"] ? undefined : {
+      seqlen: intFlag(cmd, values["train-seqlen"], "train-seqlen", 2, 512),
+      windows: intFlag(cmd, values["train-windows"], "train-windows", 1, 1000),
+      topk: intFlag(cmd, values.topk, "topk", 1, 64),
+    },
   });
   const fits = stages.every((s) => s.fits);
+  if (values.measure) {
+    throughput = await measureThroughput(await getGpu(), { d: shape.d, n: shape.n });
+  }
+  const works = throughput
+    ? stageWork(cfg, {
+      ...shape,
+      ...timing,
+      finetune: !values["no-finetune"],
+      extraTerm: Boolean(values["extra-term"]),
+    })
+    : [];
+  const timed = (stage: string) => {
+    const work = works.find((w) => w.stage === stage);
+    return work && throughput ? { work, seconds: estimateSeconds(work, throughput) } : null;
+  };
   if (values.json) {
-    console.log(JSON.stringify({ fits, gpu_memory: gpuMemory, disk: disk ?? null, stages }));
+    const rows = throughput
+      ? stages.map((s) => {
+        const t = timed(s.stage);
+        return { ...s, seconds: t?.seconds ?? null, work: t?.work ?? null };
+      })
+      : stages;
+    console.log(JSON.stringify({
+      fits,
+      gpu_memory: gpuMemory,
+      disk: disk ?? null,
+      stages: rows,
+      ...(throughput ? { throughput } : {}),
+    }));
     return 0;
   }
   const within = gib(gpuMemory) + (disk === undefined ? "" : `, ${gib(disk)} disk`);
-  console.log(`| stage | GPU peak | host peak | disk peak | fits ${within} | note |`);
-  console.log("| --- | --- | --- | --- | --- | --- |");
+  const est = throughput ? " est. time |" : "";
+  console.log(`| stage | GPU peak | host peak | disk peak | fits ${within} |${est} note |`);
+  console.log(`| --- | --- | --- | --- | --- |${throughput ? " --- |" : ""} --- |`);
   for (const s of stages) {
+    const t = timed(s.stage);
+    const cell = throughput ? ` ${t ? humanSeconds(t.seconds) : "-"} |` : "";
     console.log(
       `| ${s.stage} | ${gib(s.gpu_bytes)} | ${gib(s.host_bytes)} | ${gib(s.disk_bytes)} | ${
         s.fits ? "yes" : "no"
-      } | ${s.note} |`,
+      } |${cell} ${s.note} |`,
+    );
+  }
+  if (throughput) {
+    const g = (v: number) => (v / 1e9).toPrecision(3);
+    console.log(
+      `rates (${throughput.adapter}): matmul ${g(throughput.matmul_flops_per_s)} GFLOP/s, ` +
+        `codebook ${g(throughput.codebook_flops_per_s)} GFLOP/s, k-means ` +
+        `${g(throughput.kmeans_evals_per_s)} G evals/s computing ${
+          (100 * throughput.kmeans_pruning).toFixed(0)
+        }% of brute force, matvec ${g(throughput.dense_bytes_per_s)} GB/s dense, ` +
+        `${g(throughput.codebook_bytes_per_s)} GB/s codebook`,
     );
   }
   const over = stages.filter((s) => !s.fits).map((s) => s.stage);
   console.log(fits ? "fits" : `does not fit: ${over.join(", ")}`);
   return 0;
+}
+
+/** The rates of a --throughput FILE; any problem is one UserError line naming the file. */
+async function readThroughput(file: string): Promise<Throughput> {
+  let text: string;
+  try {
+    text = await Deno.readTextFile(file);
+  } catch (e) {
+    throw new UserError(`plan: --throughput ${file}: ${(e as Error).message.split("\n")[0]}`);
+  }
+  try {
+    return parseThroughput(JSON.parse(text));
+  } catch (e) {
+    throw new UserError(`plan: --throughput ${file}: ${(e as Error).message.split("\n")[0]}`);
+  }
 }

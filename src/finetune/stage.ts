@@ -11,9 +11,10 @@ import { ropeTables } from "../kernels/rope.ts";
 import { BlockScratch, forwardBlock, releaseBlock, uploadBlock } from "../model/block.ts";
 import type { WeightSource } from "../model/weights.ts";
 import type { TensorBytes } from "../format/compressed.ts";
-import type { Progress } from "../util/progress.ts";
-import type { WorkDir } from "../io/workdir.ts";
+import type { StageRunner, Unit } from "../runner/stage.ts";
+import { hostMeter } from "../util/hostmeter.ts";
 import { Rng } from "../util/rng.ts";
+import { z } from "zod";
 import { type AdamWSettings, type CodebookData, StudentBlock } from "./student.ts";
 import { type Acts, DiskActs, MemActs, removeScratch } from "./stream.ts";
 
@@ -97,7 +98,8 @@ export interface FinetuneInput {
   gpu: Gpu;
   cfg: ModelConfig;
   src: WeightSource;
-  work: WorkDir;
+  /** Units, resume, checkpoints (signals, time budget) and progress. */
+  runner: StageRunner;
   /** The cluster stage's unit for a block: f32 codebooks and codes. */
   clusterUnit: (layer: number) => Promise<TensorBytes[]>;
   /** Per-kind (n, d, splits). */
@@ -105,10 +107,23 @@ export interface FinetuneInput {
   train: Int32Array[];
   heldOut: Int32Array[];
   settings: FinetuneSettings;
-  progress: Progress;
-  /** Called at each unit boundary (block, epoch); throws to stop there (time budget, signal). */
-  checkpoint?: () => void;
 }
+
+/** A finished block's unit facts (checked when read back). */
+const BlockInfo = z.object({
+  report: z.object({
+    layer: z.number().int(),
+    initialMse: z.number(),
+    epochMse: z.array(z.number()),
+    trainLoss: z.array(z.number()),
+    bestEpoch: z.number().int(),
+    bestMse: z.number(),
+    steps: z.number().int(),
+    tokens: z.number().int(),
+    seconds: z.number(),
+  }) satisfies z.ZodType<BlockReport>,
+});
+type BlockInfo = z.infer<typeof BlockInfo>;
 
 export const finetuneUnit = (l: number) => `finetune/block-${String(l).padStart(3, "0")}`;
 /** The student and teacher outputs of block l over all windows: the next block's inputs. */
@@ -121,14 +136,13 @@ export const epochUnit = (l: number) => `${finetuneUnit(l)}/epoch`;
  * null) and the epoch checkpoints of blocks 0..`done` (finished blocks). Idempotent, so a run
  * killed before it pruned prunes at the next hand-over.
  */
-async function prune(work: WorkDir, keep: number | null, done: number): Promise<void> {
-  const drop = Object.keys(work.units()).filter((u) => {
+async function prune(runner: StageRunner, keep: number | null, done: number): Promise<void> {
+  await runner.prune((u) => {
     const m = /^finetune\/block-(\d+)\/(acts|epoch)$/.exec(u);
     if (!m) return false;
     const l = Number(m[1]);
     return m[2] === "acts" ? l !== keep : l <= done;
   });
-  await work.remove(drop);
 }
 
 /**
@@ -138,173 +152,166 @@ async function prune(work: WorkDir, keep: number | null, done: number): Promise<
  * so the work directory holds at most two blocks' activations (one between hand-overs).
  */
 export async function finetune(inp: FinetuneInput): Promise<BlockReport[]> {
-  const { cfg, src, work, progress } = inp;
+  const { cfg, runner } = inp;
   const H = cfg.hidden, T = inp.train[0].length;
   const windows = [...inp.train, ...inp.heldOut];
-  const nTrain = inp.train.length;
-  const reports: BlockReport[] = [];
   const rope = ropeTables(ropeInvFreq(cfg), T);
   // Under a host-memory cap the two streams go through files, one per window.
   const cap = inp.settings.hostBudget;
   const streamBytes = 2 * windows.length * H * T * 4;
   const streamed = cap !== undefined && streamBytes > cap;
-  const scratchDir = work.path("finetune/streams");
+  const scratchDir = runner.work.path("finetune/streams");
   let serial = 0;
   const make: MakeActs = async () =>
     streamed
       ? await DiskActs.create(`${scratchDir}/${serial++}`, windows.length)
       : new MemActs(windows.length);
-  let student: Acts = new MemActs(0), teacher: Acts = student;
-  const release = async (a: Acts, b: Acts) => {
-    await a.release();
-    if (b !== a) await b.release();
-  };
+  const ctx: BlockContext = { inp, T, rope, make, nTrain: inp.train.length };
   await removeScratch(scratchDir);
   if (streamed) {
-    progress.note(
+    runner.progress.note(
       "finetune",
       `activations streamed through ${scratchDir}: ${
         (streamBytes / 2 ** 20).toFixed(1)
       } MiB of student and teacher streams over the host cap of ${(cap / 2 ** 20).toFixed(1)} MiB`,
     );
   }
-  // Blocks 0..l-1 are finished when block l is the next to run; its inputs are block l-1's
-  // activations unit, or (when that is gone: pruned, corrupt, an older work directory) the
-  // outputs of replaying the finished blocks from the latest activations kept, or from the
-  // embeddings.
-  let ready = false;
-  const unpack = async (data: Uint8Array, file: string) => {
-    const t = decodeSafetensors(data, file);
-    const get = (name: string) => f32(t.find((x) => x.name === name)!);
-    const so = get("student_out"), to = get("teacher_out");
-    const s = await make(), te = await make();
-    for (let i = 0; i < windows.length; i++) {
-      // Views into the unit's bytes, read just now and owned by nothing else: no second copy.
-      await s.put(i, so.subarray(i * H * T, (i + 1) * H * T));
-      await te.put(i, to.subarray(i * H * T, (i + 1) * H * T));
-    }
-    student = s;
-    teacher = te;
-  };
-  const inputsOf = async (l: number) => {
-    let k = l - 1;
-    while (k >= 0) {
-      const acts = await work.load(activationsUnit(k));
-      if (acts) {
-        await unpack(acts.data, work.path(acts.record.file));
-        break;
-      }
-      k--;
-    }
-    if (k < 0) {
-      const table = await src.tensor("model.embed_tokens.weight");
-      const e = await make();
-      for (let i = 0; i < windows.length; i++) await e.put(i, embedWindow(table, windows[i], H));
-      student = teacher = e;
-    }
-    for (let j = k + 1; j < l; j++) {
-      inp.checkpoint?.();
-      const r = await replayBlock(inp, j, student, teacher, T, rope, make);
-      await release(student, teacher);
-      student = r.studentOut;
-      teacher = r.teacherOut;
-    }
-  };
-
+  // The student and teacher inputs of the next block to run; null when they must be rebuilt
+  // (at the start, and after resumed blocks).
+  let acts: Streams | null = null;
   try {
-    for (let l = 0; l < cfg.layers; l++) {
-      const unit = finetuneUnit(l);
-      const done = await work.done(unit);
-      if (done) {
-        ready = false;
-        reports.push(done.info!.report as BlockReport);
-        progress.update({
-          stage: "finetune",
-          done: l + 1,
-          total: cfg.layers,
-          block: l,
-          resumed: "yes",
-        });
-        continue;
-      }
-      if (!ready) {
-        await inputsOf(l);
-        ready = true;
-      }
-      inp.checkpoint?.();
-      const r = await finetuneBlock(inp, l, student, teacher, nTrain, T, rope, make);
-      const oldStudent = student, oldTeacher = teacher;
-      student = r.studentOut;
-      teacher = r.teacherOut;
-      const stack = (a: Acts) => {
-        const xs = (a as MemActs).xs;
-        const out = new Float32Array(xs.length * H * T);
-        xs.forEach((x, i) => out.set(x, i * H * T));
-        return new Uint8Array(out.buffer);
-      };
-      // Activations first, then the block: a finished block always has its outputs until the next
-      // block is finished too (the replay above covers the rest). Streamed runs keep no
-      // activations unit (it would hold every window in host memory); a resume replays instead.
-      const last = l === cfg.layers - 1;
-      if (!last && !streamed) {
-        const acts: TensorBytes[] = [
-          {
-            name: "student_out",
-            dtype: "F32",
-            shape: [windows.length, H, T],
-            data: stack(student),
-          },
-          {
-            name: "teacher_out",
-            dtype: "F32",
-            shape: [windows.length, H, T],
-            data: stack(teacher),
-          },
-        ];
-        await work.complete(
-          activationsUnit(l),
-          `${finetuneUnit(l)}.acts.safetensors`,
-          encodeSafetensors(acts),
-        );
-      }
-      await work.complete(unit, `${unit}.safetensors`, encodeSafetensors(r.codebooks), {
-        report: r.report,
-      });
-      // The block's inputs are done with once its unit is (their scratch files go).
-      await release(oldStudent, oldTeacher);
-      reports.push(r.report);
-      // Reported before pruning: a caller that measures the work directory here sees its peak.
-      progress.update({
-        stage: "finetune",
-        done: l + 1,
-        total: cfg.layers,
-        block: l,
-        mse: r.report.bestMse,
-      });
-      await prune(work, last ? null : l, l);
-    }
+    const units: Unit<BlockInfo>[] = Array.from({ length: cfg.layers }, (_, l) => ({
+      name: finetuneUnit(l),
+      file: `${finetuneUnit(l)}.safetensors`,
+      info: BlockInfo,
+      fields: { block: l },
+      resumed: () => {
+        acts = null;
+      },
+      run: async () => {
+        const inputs = acts ?? await inputsOf(ctx, l, windows);
+        const r = await finetuneBlock(ctx, l, inputs);
+        acts = null;
+        await releaseStreams(inputs);
+        // Activations first, then the block: a finished block always has its outputs until the
+        // next block is finished too (the replay in inputsOf covers the rest). Streamed runs keep
+        // no activations unit (it would hold every window in host memory); a resume replays.
+        if (l < cfg.layers - 1 && !streamed) {
+          const data = encodeActs(r.outputs, windows.length, H, T);
+          await hostMeter.during(
+            data.length,
+            () =>
+              runner.keep(activationsUnit(l), `${finetuneUnit(l)}.acts.safetensors`, {
+                data,
+                info: {},
+              }),
+          );
+        }
+        acts = r.outputs;
+        return {
+          data: encodeSafetensors(r.codebooks),
+          info: { report: r.report },
+          fields: { mse: r.report.bestMse },
+        };
+      },
+      // Measured before pruning by callers that watch the work directory: its peak.
+      after: () => prune(runner, l === cfg.layers - 1 ? null : l, l),
+    }));
+    const results = await runner.stage("finetune", units);
+    // Every block finished: no activations are needed any more (also after a resume that found
+    // them all done but was killed before pruning).
+    await prune(runner, null, cfg.layers - 1);
+    return results.map((r) => r.info.report);
   } finally {
+    if (acts) await releaseStreams(acts);
     await removeScratch(scratchDir);
   }
-  // Every block finished: no activations are needed any more (also after a resume that found
-  // them all done but was killed before pruning).
-  await prune(work, null, cfg.layers - 1);
-  return reports;
+}
+
+/** What every block of one finetune run shares. */
+interface BlockContext {
+  inp: FinetuneInput;
+  T: number;
+  rope: { cos: Float32Array; sin: Float32Array };
+  make: MakeActs;
+  nTrain: number;
+}
+
+/** The student and teacher streams entering (or leaving) a block. */
+interface Streams {
+  student: Acts;
+  teacher: Acts;
+}
+
+async function releaseStreams(s: Streams): Promise<void> {
+  await s.student.release();
+  if (s.teacher !== s.student) await s.teacher.release();
+}
+
+/**
+ * The activations unit: student_out and teacher_out [windows, H, T] f32, copied from the
+ * in-memory streams' windows straight into the file's bytes (one copy of both streams).
+ */
+function encodeActs(s: Streams, windows: number, H: number, T: number): Uint8Array {
+  const pieces = (a: Acts) =>
+    (a as MemActs).xs.map((x) => new Uint8Array(x.buffer, x.byteOffset, x.byteLength));
+  const shape = [windows, H, T];
+  return encodeSafetensors([
+    { name: "student_out", dtype: "F32", shape, data: pieces(s.student) },
+    { name: "teacher_out", dtype: "F32", shape, data: pieces(s.teacher) },
+  ]);
+}
+
+/**
+ * The inputs of block l, the next to run when blocks 0..l-1 are finished: block l-1's
+ * activations unit, or (when that is gone: pruned, corrupt, an older work directory) the outputs
+ * of replaying the finished blocks from the latest activations kept, or from the embeddings.
+ */
+async function inputsOf(ctx: BlockContext, l: number, windows: Int32Array[]): Promise<Streams> {
+  const { inp, T, make } = ctx;
+  const { cfg, runner } = inp;
+  const H = cfg.hidden;
+  let s: Streams | null = null;
+  let k = l - 1;
+  for (; k >= 0; k--) {
+    const kept = await runner.load(activationsUnit(k), z.object({}));
+    if (!kept) continue;
+    const t = decodeSafetensors(kept.data, runner.work.path(`${finetuneUnit(k)}.acts.safetensors`));
+    const get = (name: string) => f32(t.find((x) => x.name === name)!);
+    const so = get("student_out"), to = get("teacher_out");
+    s = { student: await make(), teacher: await make() };
+    for (let i = 0; i < windows.length; i++) {
+      // Views into the unit's bytes, read just now and owned by nothing else: no second copy.
+      await s.student.put(i, so.subarray(i * H * T, (i + 1) * H * T));
+      await s.teacher.put(i, to.subarray(i * H * T, (i + 1) * H * T));
+    }
+    break;
+  }
+  if (!s) {
+    const table = await inp.src.tensor("model.embed_tokens.weight");
+    const e = await make();
+    await hostMeter.during(table.byteLength, async () => {
+      for (let i = 0; i < windows.length; i++) await e.put(i, embedWindow(table, windows[i], H));
+    });
+    s = { student: e, teacher: e };
+  }
+  for (let j = k + 1; j < l; j++) {
+    runner.checkpoint();
+    const next = await replayBlock(ctx, j, s);
+    await releaseStreams(s);
+    s = next;
+  }
+  return s;
 }
 
 /** Block l's student on its cluster unit's codebooks and codes. */
-async function studentBlock(
-  inp: FinetuneInput,
-  l: number,
-  T: number,
-  rope: { cos: Float32Array; sin: Float32Array },
-): Promise<StudentBlock> {
-  const { gpu, cfg, src } = inp;
-  const cu = await inp.clusterUnit(l);
+async function studentBlock(ctx: BlockContext, l: number): Promise<StudentBlock> {
+  const { gpu, cfg, src } = ctx.inp;
+  const cu = await ctx.inp.clusterUnit(l);
   const books: CodebookData[] = LINEAR_KINDS.map((kind) => {
     const name = cu.find((t) => t.name.endsWith(`.${kindModule(kind)}.codebook`))!;
     const codes = cu.find((t) => t.name.endsWith(`.${kindModule(kind)}.codes`))!;
-    const sh = inp.shapes[kind];
+    const sh = ctx.inp.shapes[kind];
     return {
       kind,
       centroids: f32(name).slice(),
@@ -318,247 +325,294 @@ async function studentBlock(
   return await StudentBlock.create(
     gpu,
     cfg,
-    T,
+    ctx.T,
     books,
     await src.tensor(`${pre}.input_layernorm.weight`),
     await src.tensor(`${pre}.post_attention_layernorm.weight`),
-    rope,
+    ctx.rope,
   );
 }
 
 /** The student on the best codebooks, over every window. */
 async function studentOutputs(
-  inp: FinetuneInput,
+  ctx: BlockContext,
   s: StudentBlock,
   best: Map<string, Float32Array>,
   inputs: Acts,
   x: Tensor,
-  make: MakeActs,
 ): Promise<Acts> {
   await s.setCodebooks(best);
-  const out = await make();
+  const out = await ctx.make();
   for (let i = 0; i < inputs.length; i++) {
-    await inp.gpu.write(x.buffer, await inputs.get(i));
+    await ctx.inp.gpu.write(x.buffer, await inputs.get(i));
     await out.put(i, await s.forward(x, false).toF32());
   }
   return out;
+}
+
+/** The finetuned codebooks of a finished block, keyed "<kind>.codebook". */
+async function tunedCodebooks(ctx: BlockContext, l: number): Promise<Map<string, Float32Array>> {
+  const { runner } = ctx.inp;
+  const unit = finetuneUnit(l);
+  const tuned = decodeSafetensors(await runner.read(unit), runner.work.path(`${unit}.safetensors`));
+  return new Map(LINEAR_KINDS.map((kind) => {
+    const name = `model.layers.${l}.${kindModule(kind)}.codebook`;
+    return [`${kind}.codebook`, f32(tuned.find((t) => t.name === name)!).slice()];
+  }));
 }
 
 /**
  * The outputs of a finished block from its inputs, without training: the teacher pass and the
  * student on the block's finetuned codebooks, the same computation that made them at the time.
  */
-async function replayBlock(
-  inp: FinetuneInput,
-  l: number,
-  studentIn: Acts,
-  teacherIn: Acts,
-  T: number,
-  rope: { cos: Float32Array; sin: Float32Array },
-  make: MakeActs,
-): Promise<{ studentOut: Acts; teacherOut: Acts }> {
-  const { gpu, cfg, src, work } = inp;
-  const teacherOut = await teacherPass(gpu, cfg, src, l, teacherIn, T, rope, make);
-  const unit = finetuneUnit(l);
-  const tuned = decodeSafetensors(await work.read(unit), work.path(`${unit}.safetensors`));
-  const best = new Map(LINEAR_KINDS.map((kind) => {
-    const name = `model.layers.${l}.${kindModule(kind)}.codebook`;
-    return [`${kind}.codebook`, f32(tuned.find((t) => t.name === name)!).slice()];
-  }));
-  const s = await studentBlock(inp, l, T, rope);
-  const x = Tensor.empty(gpu, [cfg.hidden, T], "replay.x");
+async function replayBlock(ctx: BlockContext, l: number, inputs: Streams): Promise<Streams> {
+  const { gpu, cfg, src } = ctx.inp;
+  const teacher = await teacherPass(gpu, cfg, src, l, inputs.teacher, ctx.T, ctx.rope, ctx.make);
+  const best = await tunedCodebooks(ctx, l);
+  const s = await studentBlock(ctx, l);
+  const x = Tensor.empty(gpu, [cfg.hidden, ctx.T], "replay.x");
   try {
-    return { studentOut: await studentOutputs(inp, s, best, studentIn, x, make), teacherOut };
+    return { student: await studentOutputs(ctx, s, best, inputs.student, x), teacher };
   } finally {
     x.release();
     s.release();
   }
 }
 
-async function finetuneBlock(
-  inp: FinetuneInput,
-  l: number,
-  studentIn: Acts,
-  teacherIn: Acts,
-  nTrain: number,
-  T: number,
-  rope: { cos: Float32Array; sin: Float32Array },
-  make: MakeActs,
-): Promise<
-  {
-    codebooks: TensorBytes[];
-    studentOut: Acts;
-    teacherOut: Acts;
-    report: BlockReport;
-  }
-> {
-  const { gpu, cfg, src, work, settings, progress } = inp;
-  const H = cfg.hidden, start = performance.now();
-  const teacherOut = await teacherPass(gpu, cfg, src, l, teacherIn, T, rope, make);
-  const extra = settings.extraTerm
-    ? await teacherPass(gpu, cfg, src, l, studentIn, T, rope, make)
-    : null;
+/** What an epoch checkpoint keeps besides its tensors (checked when read back). */
+const EpochInfo = z.object({
+  epoch: z.number().int().nonnegative(),
+  step: z.number().int().nonnegative(),
+  bestMse: z.number(),
+  bestEpoch: z.number().int().nonnegative(),
+  stale: z.number().int().nonnegative(),
+  epochMse: z.array(z.number()),
+  trainLoss: z.array(z.number()),
+  initialMse: z.number(),
+});
+type EpochInfo = z.infer<typeof EpochInfo>;
 
-  const s = await studentBlock(inp, l, T, rope);
-  const x = Tensor.empty(gpu, [H, T], "ft.x");
-  const want = Tensor.empty(gpu, [H, T], "ft.target");
-  const want2 = Tensor.empty(gpu, [H, T], "ft.target2");
-  const scale = 2 / (H * T);
-  const opt: AdamWSettings = {
-    lr: settings.lr,
-    beta1: 0.9,
-    beta2: 0.999,
-    eps: 1e-8,
-    weightDecay: settings.weightDecay,
-  };
-  // Mean per-element MSE of the student against the teacher over some windows.
-  const evalMse = async (idx: number[]): Promise<number> => {
+/** A block's training state between epochs: the checkpoint's facts and the best codebooks. */
+interface EpochState extends EpochInfo {
+  best: Map<string, Float32Array>;
+}
+
+/** The codebooks of the student as they are now. */
+async function codebooksOf(s: StudentBlock): Promise<Map<string, Float32Array>> {
+  return new Map([...(await s.state()).tensors].filter(([k]) => k.endsWith(".codebook")));
+}
+
+/**
+ * One block's training on the GPU: the student, the teacher targets, and the window buffers.
+ * Epochs are units of their own (an epoch checkpoint), so a resumed block continues after the
+ * last finished epoch with the same AdamW state.
+ */
+class BlockTraining {
+  private readonly x: Tensor;
+  private readonly want: Tensor;
+  private readonly want2: Tensor;
+  private readonly opt: AdamWSettings;
+
+  constructor(
+    readonly ctx: BlockContext,
+    readonly l: number,
+    readonly s: StudentBlock,
+    readonly inputs: Streams,
+    readonly teacherOut: Acts,
+    readonly extra: Acts | null,
+  ) {
+    const { gpu, cfg, settings } = ctx.inp;
+    this.x = Tensor.empty(gpu, [cfg.hidden, ctx.T], "ft.x");
+    this.want = Tensor.empty(gpu, [cfg.hidden, ctx.T], "ft.target");
+    this.want2 = Tensor.empty(gpu, [cfg.hidden, ctx.T], "ft.target2");
+    this.opt = {
+      lr: settings.lr,
+      beta1: 0.9,
+      beta2: 0.999,
+      eps: 1e-8,
+      weightDecay: settings.weightDecay,
+    };
+  }
+
+  /** Windows the best epoch is chosen on: the held-out ones, else the training ones. */
+  get selectIdx(): number[] {
+    const n = this.inputs.student.length, nTrain = this.ctx.nTrain;
+    return n > nTrain
+      ? Array.from({ length: n - nTrain }, (_, i) => nTrain + i)
+      : Array.from({ length: nTrain }, (_, i) => i);
+  }
+
+  /** Uploads window i's student input and teacher target. */
+  private async load(i: number): Promise<void> {
+    const gpu = this.ctx.inp.gpu;
+    await gpu.write(this.x.buffer, await this.inputs.student.get(i));
+    await gpu.write(this.want.buffer, await this.teacherOut.get(i));
+  }
+
+  /** Mean per-element MSE of the student against the teacher over some windows. */
+  async evalMse(idx: number[]): Promise<number> {
+    const { gpu, cfg } = this.ctx.inp, s = this.s;
+    const H = cfg.hidden, T = this.ctx.T;
     let sum = 0;
     for (const i of idx) {
-      await gpu.write(x.buffer, await studentIn.get(i));
-      await gpu.write(want.buffer, await teacherOut.get(i));
-      const y = s.forward(x, false);
-      mseGrad(gpu, y.all, want.all, s.dy.all, s.sq.all, H, T, 0);
+      await this.load(i);
+      mseGrad(gpu, s.forward(this.x, false).all, this.want.all, s.dy.all, s.sq.all, H, T, 0);
       for (const v of await s.sq.toF32()) sum += v;
     }
     return sum / (idx.length * H * T);
-  };
-  const heldIdx = Array.from({ length: studentIn.length - nTrain }, (_, i) => nTrain + i);
-  const trainIdx = Array.from({ length: nTrain }, (_, i) => i);
-  const selectIdx = heldIdx.length > 0 ? heldIdx : trainIdx;
+  }
 
-  const ckpt = epochUnit(l);
-  let epoch0 = 0, best: Map<string, Float32Array>, bestMse: number, bestEpoch = 0, stale = 0;
-  let epochMse: number[] = [], trainLoss: number[] = [];
-  let initialMse: number;
-  const prev = await work.done(ckpt);
-  try {
-    if (prev) {
-      const t = decodeSafetensors(await work.read(ckpt), work.path(prev.file));
-      const state = new Map(
-        t.filter((q) => !q.name.startsWith("best.")).map((q) => [q.name, f32(q).slice()]),
-      );
-      best = new Map(
-        t.filter((q) => q.name.startsWith("best.")).map((q) => [q.name.slice(5), f32(q).slice()]),
-      );
-      const info = prev.info as {
-        epoch: number;
-        step: number;
-        bestMse: number;
-        bestEpoch: number;
-        stale: number;
-        epochMse: number[];
-        trainLoss: number[];
-        initialMse: number;
+  /** The state after the last finished epoch, or the clustered block's before any. */
+  async start(): Promise<EpochState> {
+    const { runner } = this.ctx.inp;
+    const ckpt = epochUnit(this.l);
+    const prev = await runner.load(ckpt, EpochInfo);
+    if (!prev) {
+      const initialMse = await this.evalMse(this.selectIdx);
+      return {
+        epoch: 0,
+        step: 0,
+        bestMse: initialMse,
+        bestEpoch: 0,
+        stale: 0,
+        epochMse: [],
+        trainLoss: [],
+        initialMse,
+        best: await codebooksOf(this.s),
       };
-      await s.load(state, info.step);
-      epoch0 = info.epoch;
-      bestMse = info.bestMse;
-      bestEpoch = info.bestEpoch;
-      stale = info.stale;
-      epochMse = info.epochMse;
-      trainLoss = info.trainLoss;
-      initialMse = info.initialMse;
-    } else {
-      initialMse = await evalMse(selectIdx);
-      bestMse = initialMse;
-      best = new Map([...(await s.state()).tensors].filter(([k]) => k.endsWith(".codebook")));
     }
-    for (let epoch = epoch0 + 1; epoch <= settings.epochs && stale < settings.patience; epoch++) {
-      inp.checkpoint?.();
-      const order = shuffle(trainIdx, new Rng(settings.seed * 7919 + l * 1000 + epoch));
-      // Mean of the losses read back (every 8th step and the last one), over those read.
-      let lossSum = 0, lossCount = 0;
-      for (let k = 0; k < order.length; k++) {
-        const i = order[k];
-        await gpu.write(x.buffer, await studentIn.get(i));
-        await gpu.write(want.buffer, await teacherOut.get(i));
-        const y = s.forward(x, true);
-        mseGrad(gpu, y.all, want.all, s.dy.all, s.sq.all, H, T, scale);
-        if (extra) {
-          await gpu.write(want2.buffer, await extra.get(i));
-          mseGrad(gpu, y.all, want2.all, s.dy.all, s.sq.all, H, T, scale, true);
-        }
-        s.backward();
-        s.update(opt);
-        if (k === order.length - 1 || k % 8 === 0) {
-          let sq = 0;
-          for (const v of await s.sq.toF32()) sq += v;
-          lossSum += sq / (H * T);
-          lossCount++;
-          progress.update({
-            stage: "finetune",
-            done: l,
-            total: cfg.layers,
-            block: l,
-            epoch,
-            step: k + 1,
-            loss: sq / (H * T),
-          });
-        }
-      }
-      trainLoss.push(lossSum / lossCount);
-      const mse = await evalMse(selectIdx);
-      epochMse.push(mse);
-      if (mse < bestMse) {
-        bestMse = mse;
-        bestEpoch = epoch;
-        stale = 0;
-        best = new Map([...(await s.state()).tensors].filter(([k]) => k.endsWith(".codebook")));
-      } else {
-        stale++;
-      }
-      const st = await s.state();
-      const tensors: TensorBytes[] = [];
-      for (const [name, v] of st.tensors) tensors.push(tensorOf(name, v));
-      for (const [name, v] of best) tensors.push(tensorOf(`best.${name}`, v));
-      await work.complete(
-        ckpt,
-        `${finetuneUnit(l)}.epoch.safetensors`,
-        encodeSafetensors(tensors),
-        {
-          epoch,
-          step: st.step,
-          bestMse,
-          bestEpoch,
-          stale,
-          epochMse,
-          trainLoss,
-          initialMse,
-        },
+    const t = decodeSafetensors(
+      prev.data,
+      runner.work.path(`${finetuneUnit(this.l)}.epoch.safetensors`),
+    );
+    const pick = (best: boolean) =>
+      new Map(
+        t.filter((q) => q.name.startsWith("best.") === best)
+          .map((q) => [best ? q.name.slice(5) : q.name, f32(q).slice()]),
       );
+    await this.s.load(pick(false), prev.info.step);
+    return { ...prev.info, best: pick(true) };
+  }
+
+  /** One pass over the training windows in a seeded order; the mean of the losses read back. */
+  async epoch(epoch: number): Promise<number> {
+    const { gpu, cfg, settings, runner } = this.ctx.inp, s = this.s;
+    const H = cfg.hidden, T = this.ctx.T, scale = 2 / (H * T);
+    const trainIdx = Array.from({ length: this.ctx.nTrain }, (_, i) => i);
+    const order = shuffle(trainIdx, new Rng(settings.seed * 7919 + this.l * 1000 + epoch));
+    // Mean of the losses read back (every 8th step and the last one), over those read.
+    let lossSum = 0, lossCount = 0;
+    for (let k = 0; k < order.length; k++) {
+      const i = order[k];
+      await this.load(i);
+      const y = s.forward(this.x, true);
+      mseGrad(gpu, y.all, this.want.all, s.dy.all, s.sq.all, H, T, scale);
+      if (this.extra) {
+        await gpu.write(this.want2.buffer, await this.extra.get(i));
+        mseGrad(gpu, y.all, this.want2.all, s.dy.all, s.sq.all, H, T, scale, true);
+      }
+      s.backward();
+      s.update(this.opt);
+      if (k === order.length - 1 || k % 8 === 0) {
+        let sq = 0;
+        for (const v of await s.sq.toF32()) sq += v;
+        lossSum += sq / (H * T);
+        lossCount++;
+        const loss = sq / (H * T);
+        runner.progress.update({
+          stage: "finetune",
+          done: this.l,
+          total: cfg.layers,
+          block: this.l,
+          epoch,
+          step: k + 1,
+          loss,
+        });
+      }
+    }
+    return lossSum / lossCount;
+  }
+
+  /** Keeps the state after an epoch: codebooks, AdamW moments, best codebooks and facts. */
+  async save(st: EpochState): Promise<void> {
+    const { best, ...info } = st;
+    const cur = await this.s.state();
+    const tensors: TensorBytes[] = [];
+    for (const [name, v] of cur.tensors) tensors.push(tensorOf(name, v));
+    for (const [name, v] of best) tensors.push(tensorOf(`best.${name}`, v));
+    await this.ctx.inp.runner.keep(epochUnit(this.l), `${finetuneUnit(this.l)}.epoch.safetensors`, {
+      data: encodeSafetensors(tensors),
+      info: { ...info, step: cur.step },
+    });
+  }
+
+  release(): void {
+    this.x.release();
+    this.want.release();
+    this.want2.release();
+  }
+
+  /** The student on the best codebooks over every window: the next block's student inputs. */
+  outputs(best: Map<string, Float32Array>): Promise<Acts> {
+    return studentOutputs(this.ctx, this.s, best, this.inputs.student, this.x);
+  }
+}
+
+/** Trains block l from its inputs; returns its best codebooks, report and outputs. */
+async function finetuneBlock(
+  ctx: BlockContext,
+  l: number,
+  inputs: Streams,
+): Promise<{ codebooks: TensorBytes[]; outputs: Streams; report: BlockReport }> {
+  const { gpu, cfg, src, settings, runner } = ctx.inp;
+  const progress = runner.progress;
+  const start = performance.now();
+  const pass = (xs: Acts) => teacherPass(gpu, cfg, src, l, xs, ctx.T, ctx.rope, ctx.make);
+  const teacherOut = await pass(inputs.teacher);
+  const extra = settings.extraTerm ? await pass(inputs.student) : null;
+  const s = await studentBlock(ctx, l);
+  const b = new BlockTraining(ctx, l, s, inputs, teacherOut, extra);
+  try {
+    const st = await b.start();
+    for (let e = st.epoch + 1; e <= settings.epochs && st.stale < settings.patience; e++) {
+      runner.checkpoint();
+      st.trainLoss.push(await b.epoch(e));
+      const mse = await b.evalMse(b.selectIdx);
+      st.epochMse.push(mse);
+      st.epoch = e;
+      if (mse < st.bestMse) {
+        Object.assign(st, { bestMse: mse, bestEpoch: e, stale: 0, best: await codebooksOf(s) });
+      } else {
+        st.stale++;
+      }
+      await b.save(st);
       progress.update({
         stage: "epoch",
-        done: epoch,
+        done: e,
         total: settings.epochs,
         block: l,
-        train_loss: trainLoss[trainLoss.length - 1],
+        train_loss: st.trainLoss[st.trainLoss.length - 1],
         heldout_mse: mse,
       });
     }
-    // The best epoch's codebooks produce the student outputs for the next block.
-    const studentOut = await studentOutputs(inp, s, best, studentIn, x, make);
-    const codebooks: TensorBytes[] = [];
-    for (const kind of LINEAR_KINDS) {
-      const v = best.get(`${kind}.codebook`)!;
-      codebooks.push(tensorOf(`model.layers.${l}.${kindModule(kind)}.codebook`, v));
-    }
+    const student = await b.outputs(st.best);
+    const codebooks = LINEAR_KINDS.map((kind) =>
+      tensorOf(`model.layers.${l}.${kindModule(kind)}.codebook`, st.best.get(`${kind}.codebook`)!)
+    );
     const report: BlockReport = {
       layer: l,
-      initialMse,
-      epochMse,
-      trainLoss,
-      bestEpoch,
-      bestMse,
+      initialMse: st.initialMse,
+      epochMse: st.epochMse,
+      trainLoss: st.trainLoss,
+      bestEpoch: st.bestEpoch,
+      bestMse: st.bestMse,
       steps: s.steps,
-      tokens: s.steps * T,
+      tokens: s.steps * ctx.T,
       seconds: (performance.now() - start) / 1000,
     };
-    return { codebooks, studentOut, teacherOut, report };
+    return { codebooks, outputs: { student, teacher: teacherOut }, report };
   } finally {
-    x.release();
-    want.release();
-    want2.release();
+    b.release();
     s.release();
     await extra?.release();
   }

@@ -3,6 +3,8 @@
 // of the work directory (read a window, run it, write the output). Both give back exactly the
 // f32 values put in, so a streamed run computes the same bytes as an in-memory one.
 
+import { hostMeter } from "../util/hostmeter.ts";
+
 /** One activation stream: window i's [H, T] f32 values. */
 export interface Acts {
   readonly length: number;
@@ -21,10 +23,13 @@ export class MemActs implements Acts {
     return Promise.resolve(this.xs[i]);
   }
   put(i: number, x: Float32Array): Promise<void> {
+    hostMeter.drop(this.xs[i]?.byteLength ?? 0);
+    hostMeter.hold(x.byteLength);
     this.xs[i] = x;
     return Promise.resolve();
   }
   release(): Promise<void> {
+    for (const x of this.xs) hostMeter.drop(x?.byteLength ?? 0);
     this.xs.fill(undefined as unknown as Float32Array);
     return Promise.resolve();
   }

@@ -1,5 +1,6 @@
 // Atomic file writes: temp file, fsync, rename, fsync of the folder.
-import { dirname } from "node:path";
+import { dirname, join } from "node:path";
+import { UserError } from "../errors.ts";
 
 export async function writeFileAtomic(path: string, data: Uint8Array): Promise<void> {
   const tmp = `${path}.tmp-${Deno.pid}`;
@@ -25,5 +26,18 @@ export async function syncDir(dir: string): Promise<void> {
     }
   } catch {
     // Some file systems cannot sync a folder; the rename is still atomic.
+  }
+}
+
+/** Fails early, before any work, when the output's parent folder cannot be written. */
+export async function checkWritable(out: string): Promise<void> {
+  const parent = dirname(out);
+  try {
+    await Deno.mkdir(parent, { recursive: true });
+    const probe = join(parent, `.cluscomp-probe-${Deno.pid}`);
+    await Deno.writeTextFile(probe, "");
+    await Deno.remove(probe);
+  } catch (e) {
+    throw new UserError(`Cannot write ${out}: ${(e as Error).message.split("\n")[0]}`);
   }
 }

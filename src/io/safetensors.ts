@@ -340,9 +340,15 @@ async function readWeightMap(indexPath: string): Promise<Record<string, string>>
 }
 
 /** Builds the padded header; entries in the given order (no JS key reordering). */
+/** A tensor to write: its bytes whole, or as pieces laid end to end. */
+type TensorIn = { name: string; dtype: Dtype; shape: number[]; data: Uint8Array | Uint8Array[] };
+
+const byteLength = (d: Uint8Array | Uint8Array[]) =>
+  Array.isArray(d) ? d.reduce((a, p) => a + p.length, 0) : d.length;
+
 function buildHeader(
   path: string,
-  tensors: { name: string; dtype: Dtype; shape: number[]; data: Uint8Array }[],
+  tensors: TensorIn[],
   metadata?: Record<string, string>,
 ): Uint8Array {
   const parts: string[] = [];
@@ -365,9 +371,10 @@ function buildHeader(
       throw new UserError(`${path}: tensor "${t.name}" shape [${t.shape}] is invalid`);
     }
     const want = product(t.shape) * DTYPE_SIZE[t.dtype];
-    if (t.data.length !== want) {
+    const have = byteLength(t.data);
+    if (have !== want) {
       throw new UserError(
-        `${path}: tensor "${t.name}" has ${t.data.length} bytes, shape [${t.shape}] of ${t.dtype} needs ${want}`,
+        `${path}: tensor "${t.name}" has ${have} bytes, shape [${t.shape}] of ${t.dtype} needs ${want}`,
       );
     }
     const entry = { dtype: t.dtype, shape: t.shape, data_offsets: [offset, offset + want] };
@@ -529,18 +536,24 @@ export function f32ToF16Bytes(x: Float32Array): Uint8Array {
 }
 
 /** A whole safetensors file in memory (for small per-block checkpoint units). */
+/**
+ * A safetensors file in memory. A tensor's data may be given as pieces (e.g. one per window),
+ * copied once into the file's bytes without joining them first.
+ */
 export function encodeSafetensors(
-  tensors: { name: string; dtype: Dtype; shape: number[]; data: Uint8Array }[],
+  tensors: TensorIn[],
   metadata?: Record<string, string>,
 ): Uint8Array {
   const header = buildHeader("(memory)", tensors, metadata);
-  const total = header.length + tensors.reduce((a, t) => a + t.data.length, 0);
+  const total = header.length + tensors.reduce((a, t) => a + byteLength(t.data), 0);
   const out = new Uint8Array(total);
   out.set(header);
   let off = header.length;
   for (const t of tensors) {
-    out.set(t.data, off);
-    off += t.data.length;
+    for (const p of Array.isArray(t.data) ? t.data : [t.data]) {
+      out.set(p, off);
+      off += p.length;
+    }
   }
   return out;
 }

@@ -2,6 +2,7 @@
 // codes, and the centroid gradient as deterministic segment sums over a host-built index of the
 // codes (also used for the embedding gradient, see backward.ts embedBackward).
 import decodeCode from "../../shaders/codebook.wgsl" with { type: "text" };
+import decodeIndexCode from "../../shaders/codebook_decode_index.wgsl" with { type: "text" };
 import gradCode from "../../shaders/codebook_grad.wgsl" with { type: "text" };
 import { type BufferRange, fits, type Gpu, type GpuLimits, grid } from "../gpu/device.ts";
 import { rowChunks } from "../gpu/tensor.ts";
@@ -305,6 +306,35 @@ export function segmentSum(
 }
 
 /**
+ * The binding of rows [row0, row0 + rows) of W^T [inDim, out] (the `wT` range), checked to be
+ * bindable in the index's row chunks.
+ */
+function rowChunkSource(gpu: Gpu, kernel: string, wT: BufferRange, ix: CodeIndex): SourceChunk {
+  const { inDim, out, chunkRows } = ix;
+  const off = wT.offset ?? 0;
+  const rowBytes = out * 4;
+  if (chunkRows < inDim) {
+    if ((chunkRows * rowBytes) % gpu.limits.align !== 0 || off % gpu.limits.align !== 0) {
+      throw new Error(
+        `${kernel}: chunks of ${chunkRows} rows of ${rowBytes} bytes are not ` +
+          `${gpu.limits.align}-byte aligned; build the index with codeChunkRows`,
+      );
+    }
+  }
+  if (Math.min(chunkRows, inDim) * rowBytes > gpu.limits.maxBinding) {
+    throw new Error(
+      `${kernel}: chunks of ${chunkRows} rows of ${rowBytes} bytes exceed the ` +
+        `${gpu.limits.maxBinding}-byte binding limit; build the index with codeChunkRows`,
+    );
+  }
+  return (row0: number, rows: number) => ({
+    buffer: wT.buffer,
+    offset: off + row0 * rowBytes,
+    size: rows * rowBytes,
+  });
+}
+
+/**
  * dC[k, j] (+)= sum over the vectors v = r * cols + cv whose code is k of dwT[r, cv * d + j]
  * (components past out skipped) for dwT [inDim, out] (the gradient of W^T) and dC [n, d].
  * Deterministic: a fixed summation order, no atomics. dwT is bound in the index's row chunks.
@@ -316,31 +346,11 @@ export function codebookGrad(
   dC: BufferRange,
   opts: { accumulate?: boolean } = {},
 ): void {
-  const { n, d, inDim, out, chunkRows, layout } = gi.index;
+  const { n, d, inDim, out, layout } = gi.index;
   if (layout !== "rows") throw new Error("codebookGrad: the index is not a codebook index");
   fits("codebookGrad", "dwT", dwT, inDim * out);
   fits("codebookGrad", "dC", dC, n * d);
-  const off = dwT.offset ?? 0;
-  const rowBytes = out * 4;
-  if (chunkRows < inDim) {
-    if ((chunkRows * rowBytes) % gpu.limits.align !== 0 || off % gpu.limits.align !== 0) {
-      throw new Error(
-        `codebookGrad: chunks of ${chunkRows} rows of ${rowBytes} bytes are not ` +
-          `${gpu.limits.align}-byte aligned; build the index with codeChunkRows`,
-      );
-    }
-  }
-  if (Math.min(chunkRows, inDim) * rowBytes > gpu.limits.maxBinding) {
-    throw new Error(
-      `codebookGrad: chunks of ${chunkRows} rows of ${rowBytes} bytes exceed the ` +
-        `${gpu.limits.maxBinding}-byte binding limit; build the index with codeChunkRows`,
-    );
-  }
-  const chunk = (row0: number, rows: number) => ({
-    buffer: dwT.buffer,
-    offset: off + row0 * rowBytes,
-    size: rows * rowBytes,
-  });
+  const chunk = rowChunkSource(gpu, "codebookGrad", dwT, gi.index);
   segmentSum(gpu, gi, chunk, dC, opts.accumulate ?? false, "codebookGrad");
 }
 
@@ -385,5 +395,55 @@ export function decodeCodebook(
         wRange,
       ], [gx, Math.min(max, ch.rows - r0)]);
     }
+  }
+}
+
+/**
+ * decodeCodebook without the codes: the same W^T [inDim, out] (wT[r, c] = centroids[code of
+ * vector (r, floor(c / d)), c % d] for c < out, nothing written past out) read from the code
+ * index `gi` (built over the same codes with the device's chunking, see prepareCodeIndex):
+ * every piece writes its codebook entry at its items' positions, each element of W^T exactly
+ * once. centroids [n, d] f32 (n = the index's keys). W^T is bound in the index's row chunks.
+ */
+export function decodeFromIndex(
+  gpu: Gpu,
+  centroids: BufferRange,
+  gi: GpuCodeIndex,
+  wT: BufferRange,
+  inDim: number,
+  out: number,
+  d: number,
+): void {
+  const ix = gi.index;
+  if (ix.layout !== "rows") throw new Error("decodeFromIndex: the index is not a codebook index");
+  if (ix.inDim !== inDim || ix.out !== out || ix.d !== d) {
+    throw new Error(
+      `decodeFromIndex: the index is of [${ix.inDim}, ${ix.out}] with d = ${ix.d}, ` +
+        `not [${inDim}, ${out}] with d = ${d}`,
+    );
+  }
+  const { n, cols, chunkRows } = ix;
+  fits("decodeFromIndex", "wT", wT, inDim * out);
+  fits("decodeFromIndex", "centroids", centroids, n * d);
+  const chunk = rowChunkSource(gpu, "decodeFromIndex", wT, ix);
+  const tail = out - (cols - 1) * d;
+  const chunks = ix.chunkPieces.length - 1;
+  const pipe = gpu.pipeline("codebook_decode_index", decodeIndexCode, "decode_pieces");
+  const ixBinding = { buffer: gi.ix, offset: 0, size: (gi.slotBase + n + 1) * 4 };
+  const align = gpu.limits.align;
+  for (let c = 0; c < chunks; c++) {
+    const p0 = ix.chunkPieces[c], np = ix.chunkPieces[c + 1] - p0;
+    if (np === 0) continue;
+    const row0 = c * chunkRows, rows = Math.min(chunkRows, inDim - row0);
+    const pos0 = ix.offsets[c * n], pos1 = ix.offsets[(c + 1) * n];
+    const base = Math.floor((pos0 * 4) / align) * align / 4;
+    const [gx, gy] = grid(Math.ceil((np * d) / WG), gpu.limits.maxWorkgroups);
+    gpu.dispatch(pipe, [
+      new Uint32Array([np, p0, d, base, tail, gi.slotBase, n, gx * WG]),
+      ixBinding,
+      centroids,
+      chunk(row0, rows),
+      { buffer: gi.items, offset: base * 4, size: (pos1 - base) * 4 },
+    ], [gx, gy]);
   }
 }

@@ -7,6 +7,7 @@ import type { LinearKind, ModelConfig } from "../io/config.ts";
 import { type CodebookLayer, codebookLinear, type LinearIO } from "../kernels/codebook_linear.ts";
 import { matmul } from "../kernels/matmul.ts";
 import { denseMatvec, MATVEC_MAX_N } from "../kernels/matvec.ts";
+import { hostMeter } from "../util/hostmeter.ts";
 import { linearOf, type WeightSource } from "./weights.ts";
 
 export type { LinearIO } from "../kernels/codebook_linear.ts";
@@ -29,7 +30,11 @@ export async function uploadLinear(
   const lin = linearOf(cfg, layer, kind);
   const cb = await src.codebook?.(layer, kind);
   if (!cb) {
-    return Tensor.from(gpu, await src.linearT(layer, kind), [lin.in, lin.out], `L${layer}.${kind}`);
+    const wT = await src.linearT(layer, kind);
+    return await hostMeter.during(
+      wT.byteLength,
+      () => Tensor.from(gpu, wT, [lin.in, lin.out], `L${layer}.${kind}`),
+    );
   }
   const centroids = gpu.createBuffer(cb.centroids.byteLength, `L${layer}.${kind}.codebook`);
   const codes = gpu.createBuffer(cb.codes.byteLength, `L${layer}.${kind}.codes`);

@@ -1,7 +1,7 @@
 // The compress pipeline: load, cluster (or RTN) per block into the work directory, export the
 // compressed folder, and optionally evaluate original and compressed perplexity.
 import { existsSync } from "node:fs";
-import { dirname, join, relative } from "node:path";
+import { join } from "node:path";
 import type { MatrixFacts } from "../cluster/stage.ts";
 import { UserError } from "../errors.ts";
 import { type EvalResult, evaluatePerplexity } from "../eval/perplexity.ts";
@@ -16,47 +16,19 @@ import { finetune, type FinetuneInput, finetuneUnit } from "../finetune/stage.ts
 import { openModel } from "../format/open.ts";
 import { methods } from "../method/mod.ts";
 import { z } from "zod";
-import { sha256, sha256Files } from "../io/hash.ts";
+import { inputsHash } from "./inputs.ts";
 import type { Progress } from "../util/progress.ts";
-import { RunControl } from "./control.ts";
+import { RunControl } from "../runner/control.ts";
+import { StageRunner, type Unit } from "../runner/stage.ts";
 import { originalBitsPerWeight, writeReport } from "./report.ts";
 import type { CompressResult, CompressSettings } from "./result.ts";
 import { WorkDir } from "../io/workdir.ts";
+import { writeUpdatedFolder } from "../format/update.ts";
+import { trainCompressed } from "./train.ts";
+import { checkWritable } from "../io/atomic.ts";
 
 export type { CompressResult, CompressSettings } from "./result.ts";
-
-/** What the inputs are: the SHA-256 of each input file, and one hash over all of them. */
-export interface InputHashes {
-  /** File name (relative to the model folder) -> SHA-256 of the whole file. */
-  files: Record<string, string>;
-  hash: string;
-}
-
-/**
- * Hashes the inputs (config, tokenizer and every safetensors file, whole files). With `work`,
- * file hashes are cached in `work/input-hashes.json` by path, size and modification time, so a
- * rerun reads a large model only when a file's size or mtime changed.
- */
-export async function inputsHash(
-  dir: string,
-  files: string[],
-  work?: string,
-): Promise<InputHashes> {
-  const list = ["config.json", "tokenizer.json"].map((name) => ({ name, path: join(dir, name) }))
-    .concat(files.map((path) => ({ name: relative(dir, path), path })));
-  let cache: string | undefined;
-  if (work) {
-    try {
-      await Deno.mkdir(work, { recursive: true });
-      cache = join(work, "input-hashes.json");
-    } catch {
-      // no cache: WorkDir.open reports an unusable work directory
-    }
-  }
-  const hashes = await sha256Files(list, cache);
-  const lines = Object.keys(hashes).sort().map((n) => `${n} ${hashes[n]}`);
-  return { files: hashes, hash: await sha256(lines.join("\n")) };
-}
+export { type InputHashes, inputsHash } from "./inputs.ts";
 
 /** What a cluster / RTN block unit keeps in its info (checked when read back). */
 const BlockInfo = z.object({
@@ -104,9 +76,45 @@ export async function compress(
   const stages: Record<string, unknown> = {
     [stage]: planned.settings,
     finetune: ft ? { ...ft, train: recordedTrain } : null,
+    // compress --recover: the teacher's units (top-k over the recovery windows), the train stage.
+    data: s.recover
+      ? { format: s.recover.format, seqlen: s.recover.train.seqlen, holdout: s.recover.holdout }
+      : null,
+    teacher: s.recover
+      ? {
+        topk: s.recover.topk,
+        temperature: s.recover.temperature,
+        teacherData: s.recover.teacherData ?? null,
+      }
+      : null,
+    train: s.recover
+      ? { ...s.recover.train, steps: s.recover.steps, epochs: s.recover.epochs }
+      : null,
     eval: s.eval ? { ...s.eval, codebookDtype: s.cluster.codebookDtype } : null,
   };
+  const gpu = await getGpu();
   const work = await WorkDir.open(s.work, stages, inputs.files, s.restart);
+  const runner = new StageRunner(work, progress, control);
+  // A block's cluster (or RTN) unit: its codebooks and codes, with per-matrix facts.
+  const quantizeUnit = (name: string, l: number): Unit<z.infer<typeof BlockInfo>> => ({
+    name,
+    file: `${name}.safetensors`,
+    info: BlockInfo,
+    fields: { block: l },
+    run: async () => {
+      const r = await quantizeBlock(gpu, l, (kind, iter, objective) =>
+        progress.update({
+          stage,
+          done: l,
+          total: cfg.layers,
+          block: l,
+          matrix: kind,
+          iter,
+          objective,
+        }));
+      return { data: encodeSafetensors(r.tensors), info: { facts: r.facts } };
+    },
+  });
   const result: CompressResult = {
     method: s.method,
     model: s.model,
@@ -119,49 +127,26 @@ export async function compress(
     seconds: { cluster: 0, finetune: 0, export: 0, eval: 0 },
     gpu_peak_bytes: 0,
     gpu_peak: {},
+    host_peak: {},
   };
   try {
-    const gpu = await getGpu();
-    // Peak bytes per stage: the counter restarts from what is live when a stage begins.
-    let stageName = stage;
-    gpu.bytesPeak = gpu.bytesLive;
-    const endStage = (next: string) => {
-      result.gpu_peak[stageName] = Math.max(result.gpu_peak[stageName] ?? 0, gpu.bytesPeak);
-      stageName = next;
-      gpu.bytesPeak = gpu.bytesLive;
-    };
+    runner.enter(stage, gpu);
     const unitName = (l: number) => `${stage}/block-${String(l).padStart(3, "0")}`;
     const readUnit = async (unit: string) =>
-      decodeSafetensors(await work.read(unit), work.path(`${unit}.safetensors`));
-    for (let l = 0; l < cfg.layers; l++) {
-      const unit = unitName(l);
-      const done = await work.done(unit, BlockInfo);
-      if (done) {
-        result.blocks.push({ layer: l, facts: done.info.facts, resumed: true });
-        progress.update({ stage, done: l + 1, total: cfg.layers, block: l, resumed: "yes" });
-        continue;
-      }
-      control.checkpoint();
-      const r = await quantizeBlock(gpu, l, (kind, iter, objective) =>
-        progress.update({
-          stage,
-          done: l,
-          total: cfg.layers,
-          block: l,
-          matrix: kind,
-          iter,
-          objective,
-        }));
-      await work.complete(unit, `${unit}.safetensors`, encodeSafetensors(r.tensors), {
-        facts: r.facts,
-      });
-      result.blocks.push({ layer: l, facts: r.facts, resumed: false });
-      progress.update({ stage, done: l + 1, total: cfg.layers, block: l });
-    }
+      decodeSafetensors(await runner.read(unit), work.path(`${unit}.safetensors`));
+    const clustered = await runner.stage(
+      stage,
+      Array.from({ length: cfg.layers }, (_, l) => quantizeUnit(unitName(l), l)),
+    );
+    result.blocks = clustered.map((u, l) => ({
+      layer: l,
+      facts: u.info.facts,
+      resumed: u.resumed,
+    }));
     let t1 = performance.now();
     result.seconds.cluster = (t1 - t0) / 1000;
 
-    endStage("finetune");
+    runner.enter("finetune", gpu);
     if (ft) {
       const ids = tokenizer.encode(await readText(ft.calib));
       const { train, heldOut } = sampleWindows(ids, {
@@ -177,14 +162,12 @@ export async function compress(
         gpu,
         cfg,
         src: source,
-        work,
+        runner,
         clusterUnit: (l) => readUnit(unitName(l)),
         shapes,
         train,
         heldOut,
         settings: ft.train,
-        progress,
-        checkpoint: () => control.checkpoint(),
       });
       const t = performance.now();
       result.finetune = { settings: ft, blocks: reports, seconds: (t - t1) / 1000 };
@@ -192,7 +175,7 @@ export async function compress(
       t1 = t;
     }
 
-    endStage("export");
+    runner.enter("export", gpu);
     const qc = planned.quantConfig();
     let tExport = 0;
     await writeCompressedModel(
@@ -217,29 +200,31 @@ export async function compress(
         // The folder is complete but not yet in place: evaluate it, then add the report.
         tExport = performance.now();
         result.seconds.export = (tExport - t1) / 1000;
-        endStage("eval");
+        if (s.recover) {
+          // Distillation from the original on the exported folder, whose codebooks it replaces.
+          runner.enter("recover", gpu);
+          const r = await trainCompressed({ ...s.recover, teacher: s.model }, tmp, runner);
+          if (r.best.size > 0) await writeUpdatedFolder(tmp, tmp, r.best);
+          result.recover = { report: r.report, settings: r.settings, data: r.data };
+          result.seconds.recover = (performance.now() - tExport) / 1000;
+          tExport = performance.now();
+        }
+        runner.enter("eval", gpu);
         if (s.eval) {
           const e = { ...s.eval, gpuBudget: s.gpuBudget };
-          const orig = await evalUnit(
-            work,
-            "eval/original",
-            control,
-            () => evaluatePerplexity({ model: s.model, ...e }, progress),
-          );
-          const comp = await evalUnit(
-            work,
-            "eval/compressed",
-            control,
-            () => evaluatePerplexity({ model: tmp, ...e }, progress),
-          );
+          const [orig, comp] = (await runner.stage("eval", [
+            evalUnit("eval/original", () => evaluatePerplexity({ model: s.model, ...e }, progress)),
+            evalUnit("eval/compressed", () => evaluatePerplexity({ model: tmp, ...e }, progress)),
+          ])).map((u) => u.info);
           comp.model = s.out;
           result.eval = { original: orig, compressed: comp };
           result.ppl_original = orig.ppl;
           result.ppl_compressed = comp.ppl;
           result.seconds.eval = (performance.now() - tExport) / 1000;
         }
-        endStage("");
-        delete result.gpu_peak[""];
+        runner.enter(null);
+        result.gpu_peak = runner.gpuPeak;
+        result.host_peak = runner.hostPeak;
         result.gpu_peak_bytes = Math.max(...Object.values(result.gpu_peak));
         await writeReport(tmp, result);
       },
@@ -266,39 +251,18 @@ const EvalUnit = z.object({
   tokens_per_s: z.number(),
   gpu_peak_bytes: z.number(),
   adapter: z.string(),
-}) satisfies z.ZodType<Omit<EvalResult, "firstLogits">>;
+}) satisfies z.ZodType<EvalFacts>;
+type EvalFacts = Omit<EvalResult, "firstLogits">;
 
-/** An evaluation kept as a work unit, so a resumed run does not repeat it. */
-async function evalUnit(
-  work: WorkDir,
-  unit: string,
-  control: RunControl,
-  run: () => Promise<EvalResult>,
-): Promise<Omit<EvalResult, "firstLogits">> {
-  const done = await work.load(unit);
-  if (done) {
-    try {
-      const kept = EvalUnit.safeParse(JSON.parse(new TextDecoder().decode(done.data)));
-      if (kept.success) return kept.data;
-    } catch {
-      // not JSON: evaluate again
-    }
-  }
-  control.checkpoint();
-  const { firstLogits: _, ...r } = await run();
-  await work.complete(unit, `${unit}.json`, new TextEncoder().encode(JSON.stringify(r)));
-  return r;
-}
-
-/** Fails early, before any work, when the output's parent folder cannot be written. */
-async function checkWritable(out: string): Promise<void> {
-  const parent = dirname(out);
-  try {
-    await Deno.mkdir(parent, { recursive: true });
-    const probe = join(parent, `.cluscomp-probe-${Deno.pid}`);
-    await Deno.writeTextFile(probe, "");
-    await Deno.remove(probe);
-  } catch (e) {
-    throw new UserError(`Cannot write ${out}: ${(e as Error).message.split("\n")[0]}`);
-  }
+/** An evaluation kept as a work unit (its result in the record), so a resume does not repeat it. */
+function evalUnit(unit: string, run: () => Promise<EvalResult>): Unit<EvalFacts> {
+  return {
+    name: unit,
+    file: `${unit}.json`,
+    info: EvalUnit,
+    run: async () => {
+      const { firstLogits: _, ...r } = await run();
+      return { data: new TextEncoder().encode(JSON.stringify(r)), info: r };
+    },
+  };
 }

@@ -9,6 +9,7 @@ import { BackwardScratch } from "../model/backward.ts";
 import { blockBytes, BlockScratch } from "../model/block.ts";
 import { Runner } from "../model/runner.ts";
 import { evalPlan } from "../model/model.ts";
+import { CodebookTrainer } from "../train/codebook_trainer.ts";
 
 export interface MemoryPlanSettings {
   d: number;
@@ -32,6 +33,12 @@ export interface MemoryPlanSettings {
   hostMemory?: number;
   /** Tokens of context for the generate row (default: the config's max_position_embeddings). */
   context?: number;
+  /**
+   * Whole-model training of the compressed model (deno task finetune, compress --recover): the
+   * window length, training windows (the teacher's top-k is kept for each) and teacher top-k.
+   * Absent: no teacher / train rows.
+   */
+  train?: { seqlen: number; windows: number; topk: number };
 }
 
 export interface StagePlan {
@@ -199,17 +206,23 @@ export function planMemory(cfg: ModelConfig, s: MemoryPlanSettings): StagePlan[]
       teacherGpuBytes(cfg, T, s.maxBinding),
       studentGpuBytes(cfg, T, s.d, s.n, s.splits, s.maxBinding),
     );
-    // Calibration activations on the host: student and teacher inputs and outputs of a block
-    // (plus the extra term's targets), and the checkpoint unit being written.
+    // Calibration activations on the host (src/finetune/stage.ts, counted by the host meter):
+    // the block's student and teacher inputs, the teacher's outputs, the extra term's targets
+    // and the student's outputs at the end of a block; then the inputs go and the activations
+    // unit (both outputs) is written. While a teacher block uploads, one weight matrix is on the
+    // host besides the inputs (and the teacher outputs, for the extra term's second pass); block
+    // 0's single embedded stream is built beside the embedding table.
     const stream = s.calibSamples * H * T * f32;
-    const streams = 4 + (s.extraTerm ? 1 : 0) + 2;
-    // Under a cap the student and teacher streams (2 x stream) go through files: the host holds
-    // the windows of one step (input, target, the extra term's target) and one read back.
+    const e = s.extraTerm ? 1 : 0;
+    const biggestBytes = biggest.in * biggest.out * f32;
+    const table = cfg.vocab * H * f32;
+    // Under a cap the student and teacher streams go through files: the host holds the windows
+    // of one step (input, target, the extra term's target) and one read back.
     const streamed = s.hostMemory !== undefined && 2 * stream > s.hostMemory;
     const windowBytes = H * T * f32;
     const host = streamed
-      ? (3 + (s.extraTerm ? 1 : 0)) * windowBytes + weights
-      : streams * stream + weights;
+      ? (3 + e) * windowBytes + Math.max(biggestBytes, table)
+      : Math.max((4 + e) * stream, (2 + e) * stream + biggestBytes, stream + table);
     stage(
       "finetune",
       gpu,
@@ -243,6 +256,35 @@ export function planMemory(cfg: ModelConfig, s: MemoryPlanSettings): StagePlan[]
   evalRow("eval", perBlock, `compressed model (${(perBlock / 2 ** 20).toFixed(1)} MiB per block)`);
   evalRow("eval-original", undefined, "original model");
   stage("export", 0, weights * 2, "one block decoded at a time on the host", disk.after);
+  if (s.train) {
+    const t = s.train;
+    const shapes = { d: s.d, n: s.n, splits: s.splits };
+    const topk = t.windows * t.seqlen * t.topk * 8;
+    const books = linearNames(0, cfg).length * s.splits * s.n * s.d * 4 * cfg.layers;
+    // The teacher (the original, dense) runs first over the training windows, then is released.
+    const tp = evalPlan(cfg, t.seqlen, t.windows, s.gpuMemory, s.maxBinding);
+    stage(
+      "teacher",
+      tp.bytes,
+      weights + 2 * topk,
+      `original model's top-${t.topk} over ${t.windows} windows of ${t.seqlen}: ${
+        gib(topk)
+      } kept in the work directory`,
+      disk.after + topk,
+    );
+    // Training: CodebookTrainer's buffers. Host: the top-k rows, and a checkpoint's codebooks
+    // with AdamW moments (read back, then encoded). Disk: the top-k unit, the latest
+    // checkpoint (3 x codebooks) and the best codebooks.
+    stage(
+      "train",
+      CodebookTrainer.gpuBytes(cfg, shapes, t.seqlen, s.maxBinding),
+      topk + 6 * books,
+      `whole-model codebook training, one window of ${t.seqlen} at a time; codebooks ${
+        gib(books)
+      } (trained with AdamW; codes fixed)`,
+      disk.after + topk + 4 * books,
+    );
+  }
   const context = s.context ?? cfg.maxPositions;
   const g = generateGpuBytes(cfg, context, perBlock, s.maxBinding);
   stage(

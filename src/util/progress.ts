@@ -37,7 +37,7 @@ export class Progress {
       Deno.stderr.writeSync(this.enc.encode(`\r\x1b[2K${line}${final ? "\n" : ""}`));
     } else {
       // Every unit boundary (a new `done` count) is logged; in between, one line per 2 s.
-      const key = `${e.stage}:${e.done}`;
+      const key = `${e.stage}:${e.done}/${e.total}`;
       if (!final && key === this.lastKey && now - this.lastLog < 2000) return;
       this.lastKey = key;
       this.lastLog = now;

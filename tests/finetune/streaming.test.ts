@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 import type { BlockReport } from "../../src/finetune/stage.ts";
 import { streamStats } from "../../src/finetune/stream.ts";
 import { compress } from "../../src/pipeline/compress.ts";
-import { EXIT_RESUME, RunControl, StopRun } from "../../src/pipeline/control.ts";
+import { EXIT_RESUME, RunControl, StopRun } from "../../src/runner/control.ts";
 import { Progress, type ProgressEvent } from "../../src/util/progress.ts";
 import { assertSameOutputs } from "../pipeline/run.ts";
 import { KJV, quickSettings } from "../settings.ts";

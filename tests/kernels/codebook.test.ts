@@ -6,12 +6,14 @@ import {
   codeChunkRows,
   type CodeIndex,
   decodeCodebook,
+  decodeFromIndex,
+  type GpuCodeIndex,
   prepareCodeIndex,
   uploadCodeIndex,
 } from "../../src/kernels/codebook.ts";
 import { Rng } from "../../src/util/rng.ts";
 import { dot64, finiteDiff } from "../reference/backward.ts";
-import { codebookGradRef, decodeCodebookRef } from "../reference/codebook.ts";
+import { codebookGradRef, decodeCodebookRef, decodeFromIndexRef } from "../reference/codebook.ts";
 import { assertClose, randomF32 } from "../util.ts";
 
 function randomCodes(count: number, n: number, seed: number): Uint32Array {
@@ -229,4 +231,125 @@ Deno.test("prepareCodeIndex chunks like the device needs and rejects misaligned 
   bad.release();
   gpu.releaseBuffer(b.buffer);
   if (!msg.includes("aligned")) throw new Error(`expected an alignment error, got "${msg}"`);
+});
+
+/** Bit pattern the guard floats around W^T are filled with: must survive decodeFromIndex. */
+const GUARD = 0x7fc0dead;
+const GUARD_FLOATS = 64; // 256 bytes: keeps the W^T range's offset binding-aligned
+
+/**
+ * decodeFromIndex of `index` (uploaded here unless it already is; released) into a W^T range inside a buffer prefilled with GUARD
+ * (so an unwritten element shows), with GUARD_FLOATS guard floats on each side, checked intact.
+ */
+async function decodeIndexOnGpu(
+  C: Float32Array,
+  index: CodeIndex | GpuCodeIndex,
+): Promise<Float32Array> {
+  const gpu = await getGpu();
+  const gi = "ix" in index ? index : await uploadCodeIndex(gpu, index);
+  const { inDim, out, d } = gi.index;
+  const size = inDim * out;
+  const init = new Uint32Array(size + 2 * GUARD_FLOATS).fill(GUARD);
+  const tc = await Tensor.from(gpu, C, [C.length], "centroids");
+  const tw = await Tensor.from(gpu, init, [init.length], "wT");
+  const range = { buffer: tw.buffer, offset: GUARD_FLOATS * 4, size: size * 4 };
+  decodeFromIndex(gpu, tc.all, gi, range, inDim, out, d);
+  const all = new Uint32Array(await gpu.read(tw.buffer, 0, init.length * 4));
+  for (const t of [tc, tw]) t.release();
+  gi.release();
+  const guards = [...all.subarray(0, GUARD_FLOATS), ...all.subarray(GUARD_FLOATS + size)];
+  assertClose(guards, new Uint32Array(guards.length).fill(GUARD), 0, 0, "guard words");
+  return new Float32Array(all.buffer, GUARD_FLOATS * 4, size);
+}
+
+/** decodeFromIndex against decodeFromIndexRef and, bit for bit, against decodeCodebook. */
+async function checkDecodeFromIndex(C: Float32Array, codes: Uint32Array, ix: CodeIndex) {
+  const { inDim, out, d } = ix;
+  const got = await decodeIndexOnGpu(C, ix);
+  assertClose(got, decodeFromIndexRef(C, ix), 0, 0, "wT vs reference");
+  const fromCodes = await decodeOnGpu(C, codes, inDim, out, d);
+  const bits = (a: Float32Array) => new Uint32Array(a.buffer, a.byteOffset, a.length);
+  assertClose(bits(got), bits(fromCodes), 0, 0, "wT bits vs decodeCodebook");
+}
+
+Deno.test("decodeFromIndexRef equals decodeCodebookRef", () => {
+  const n = 11, d = 3, inDim = 20, out = 13, cols = 5;
+  const C = randomF32(n * d, 12), codes = randomCodes(inDim * cols, n, 13);
+  for (const [chunkRows, P] of [[inDim, 4096], [6, 2]]) {
+    const ix = buildCodeIndex(codes, n, inDim, out, d, { chunkRows, pieceItems: P });
+    assertClose(decodeFromIndexRef(C, ix), decodeCodebookRef(C, codes, inDim, out, d), 0, 0);
+  }
+});
+
+// [n, d, inDim, out, splits, chunkRows (0: one chunk), pieceItems]: out not a multiple of d
+// (and below d), several splits (codes of split s shifted by s * n as CodebookTrainer does),
+// forced row chunks (out = 64: every row is 256 bytes, so any chunk is aligned), one-item pieces.
+for (
+  const [n, d, inDim, out, splits, chunkRows, P] of [
+    [5, 1, 1, 1, 1, 0, 4096],
+    [37, 3, 50, 100, 1, 0, 7],
+    [3, 8, 9, 5, 1, 0, 4096],
+    [16, 4, 40, 22, 4, 0, 3],
+    [64, 4, 67, 64, 2, 16, 5],
+    [9, 5, 33, 64, 3, 4, 1],
+  ]
+) {
+  Deno.test(`decodeFromIndex matches reference and decodeCodebook (n=${n}, d=${d}, in=${inDim}, out=${out}, splits=${splits}, chunkRows=${chunkRows}, pieces of ${P})`, async () => {
+    const cols = Math.ceil(out / d), count = inDim * cols, perSplit = (inDim / splits) * cols;
+    const codes = randomCodes(count, n, 100 + n + out);
+    for (let i = 0; i < count; i++) codes[i] += Math.floor(i / perSplit) * n;
+    const entries = splits * n;
+    const C = randomF32(entries * d, 200 + d);
+    const ix = buildCodeIndex(codes, entries, inDim, out, d, {
+      chunkRows: chunkRows || inDim,
+      pieceItems: P,
+    });
+    if (chunkRows && ix.chunkPieces.length - 1 < 2) throw new Error("expected several chunks");
+    await checkDecodeFromIndex(C, codes, ix);
+  });
+}
+
+Deno.test("decodeFromIndex writes a planted 200,000-vector cluster (pieces of 4096, one chunk and seven)", async () => {
+  const { n, d, inDim, out, codes } = planted();
+  const C = randomF32(n * d, 14);
+  for (const chunkRows of [inDim, 1008]) {
+    const ix = buildCodeIndex(codes, n, inDim, out, d, { chunkRows });
+    if (ix.maxSlots < 49) throw new Error(`the big cluster has ${ix.maxSlots} pieces`);
+    await checkDecodeFromIndex(C, codes, ix);
+  }
+});
+
+Deno.test("decodeFromIndex binds W^T past the binding limit in the index's row chunks", async () => {
+  const gpu = await getGpu();
+  const n = 300, d = 3, out = 4099;
+  const inDim = Math.ceil(gpu.limits.maxBinding / (out * 4)) + 5; // just over one binding
+  const C = randomF32(n * d, 15), codes = randomCodes(inDim * Math.ceil(out / d), n, 16);
+  const gi = await prepareCodeIndex(gpu, codes, n, inDim, out, d);
+  const ix = gi.index;
+  if (ix.chunkPieces.length - 1 < 2) throw new Error("expected several chunks");
+  const got = await decodeIndexOnGpu(C, gi); // releases gi
+  const fromCodes = await decodeOnGpu(C, codes, inDim, out, d);
+  const bits = (a: Float32Array) => new Uint32Array(a.buffer, a.byteOffset, a.length);
+  assertClose(bits(got), bits(fromCodes), 0, 0, "wT bits vs decodeCodebook");
+  const cols = Math.ceil(out / d);
+  for (const r0 of [0, ix.chunkRows - 3, inDim - 4]) {
+    const want = decodeCodebookRef(C, codes.subarray(r0 * cols, (r0 + 4) * cols), 4, out, d);
+    assertClose(got.subarray(r0 * out, (r0 + 4) * out), want, 0, 0, `rows ${r0}..${r0 + 3}`);
+  }
+});
+
+Deno.test("decodeFromIndex rejects an index of another shape", async () => {
+  const gpu = await getGpu();
+  const codes = randomCodes(6, 4, 17);
+  const gi = await uploadCodeIndex(gpu, buildCodeIndex(codes, 4, 2, 5, 2));
+  const b = { buffer: gpu.createBuffer(64, "buf") };
+  let msg = "";
+  try {
+    decodeFromIndex(gpu, b, gi, b, 2, 6, 2);
+  } catch (e) {
+    msg = (e as Error).message;
+  }
+  gi.release();
+  gpu.releaseBuffer(b.buffer);
+  if (!msg.includes("not [2, 6]")) throw new Error(`unexpected message "${msg}"`);
 });
