@@ -32,3 +32,19 @@ export { type EvalResult, type EvalSettings, evaluatePerplexity } from "./src/ev
 export { kmeans } from "./src/cluster/kmeans.ts";
 export { type ClusterSettings, type MatrixPlan, planMatrices } from "./src/cluster/plan.ts";
 export { compress, type CompressResult, type CompressSettings } from "./src/pipeline/compress.ts";
+export {
+  finetuneModel,
+  type FinetuneModelResult,
+  type FinetuneModelSettings,
+} from "./src/pipeline/train.ts";
+export {
+  CodebookTrainer,
+  type CodebookTrainOptions,
+  type TrainWindow,
+} from "./src/train/codebook_trainer.ts";
+export { loadTrainData, splitHeldOut } from "./src/train/data.ts";
+export { learningRate } from "./src/train/schedule.ts";
+export { teacherText, teacherTopK } from "./src/train/teacher.ts";
+export { planMemory } from "./src/pipeline/memplan.ts";
+export { StageRunner, type Unit } from "./src/runner/stage.ts";
+export { RunControl } from "./src/runner/control.ts";

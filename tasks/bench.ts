@@ -8,6 +8,8 @@ import { benchFinetuneStep } from "../src/bench/finetune.ts";
 import { benchKmeans } from "../src/bench/kmeans.ts";
 import { qualityRows } from "../src/bench/quality.ts";
 import { benchMatmul } from "../src/bench/matmul.ts";
+import { measureThroughput } from "../src/bench/timeplan.ts";
+import { benchTrain } from "../src/bench/train.ts";
 import { parseFlags } from "../src/cli/args.ts";
 import { runMain } from "../src/cli/main.ts";
 import { getGpu } from "../src/gpu/device.ts";
@@ -67,6 +69,13 @@ await runMain(async (argv) => {
     const dir = `${shared}/fixtures/tinyllama-6.8m`;
     if (existsSync(dir)) emit(await benchFinetuneStep(gpu, dir, 128, quick ? 3 : 20));
   }
+  if (want("train")) {
+    // Whole-model codebook training against dense training, kjv-llama at ~2 bits.
+    const kjv = fileURLToPath(new URL("../fixtures/kjv-llama", import.meta.url));
+    const folder = await benchFolder(kjv, quick ? 2 : 10);
+    emit(await benchTrain(gpu, kjv, folder, `${kjv}/calib.txt`, 128, 4, quick ? 2 : 10));
+  }
+  if (want("timeplan")) emit({ name: "timeplan", ...(await measureThroughput(gpu)) });
   if (want("quality")) {
     // ClusComp (no finetuning) against RTN at the same bits: wiki ppl, seqlen 128, 64 windows.
     const wiki = `${shared}/data/wikitext2/wiki.test.raw`;

@@ -1,6 +1,7 @@
 // Helpers shared by tests: seeded random data and the tolerance check.
 import { fileURLToPath } from "node:url";
 import type { Gpu } from "../src/gpu/device.ts";
+import { decodeSafetensors } from "../src/io/safetensors.ts";
 import { Rng } from "../src/util/rng.ts";
 
 export function fromFileUrl(url: URL): string {
@@ -60,4 +61,26 @@ export function withMaxBinding(gpu: Gpu, bytes: number): Gpu {
       return typeof v === "function" ? v.bind(target) : v;
     },
   });
+}
+
+/** Every tensor of a model folder's shards, name -> bytes. */
+export async function folderTensors(dir: string): Promise<Map<string, Uint8Array>> {
+  const out = new Map<string, Uint8Array>();
+  for await (const e of Deno.readDir(dir)) {
+    if (!e.name.endsWith(".safetensors")) continue;
+    const p = `${dir}/${e.name}`;
+    for (const t of decodeSafetensors(await Deno.readFile(p), p)) out.set(t.name, t.data);
+  }
+  return out;
+}
+
+/** Names of the tensors whose bytes differ between two folders' tensors (same names). */
+export function changedTensors(a: Map<string, Uint8Array>, b: Map<string, Uint8Array>): string[] {
+  if ([...a.keys()].sort().join() !== [...b.keys()].sort().join()) {
+    throw new Error("the folders hold different tensor names");
+  }
+  return [...a.keys()].filter((k) => {
+    const x = a.get(k)!, y = b.get(k)!;
+    return x.length !== y.length || x.some((v, i) => v !== y[i]);
+  }).sort();
 }

@@ -1,6 +1,7 @@
 // Flag parsing shared by the commands: node:util parseArgs plus checked numeric conversions.
 import { parseArgs } from "node:util";
 import { UserError } from "../errors.ts";
+import { parseDuration } from "../runner/control.ts";
 
 export type FlagSpec = Record<
   string,
@@ -96,4 +97,16 @@ export function bytesFlag(command: string, v: unknown, flag: string, def?: numbe
   const n = Number(m[1]) * base ** pow;
   if (!(n > 0)) throw new UserError(`${command}: --${flag} must be positive (got "${v}")`);
   return Math.floor(n);
+}
+
+/** --time-budget: a duration like 90s, 30m, 2h or 1h30m in milliseconds, or null when absent. */
+export function durationFlag(command: string, v: unknown, flag: string): number | null {
+  if (v === undefined) return null;
+  const ms = parseDuration(String(v));
+  if (ms === null || !(ms > 0)) {
+    throw new UserError(
+      `${command}: --${flag} must be a duration like 90s, 30m or 2h (got "${v}")`,
+    );
+  }
+  return ms;
 }

@@ -1,9 +1,9 @@
 // `cluscomp finetune`: whole-model training of a compressed folder's codebooks (codes fixed).
 import { UserError } from "../errors.ts";
-import { parseDuration, RunControl } from "../runner/control.ts";
+import { RunControl } from "../runner/control.ts";
 import { finetuneModel, type FinetuneModelSettings } from "../pipeline/train.ts";
 import { Progress } from "../util/progress.ts";
-import { bytesFlag, intFlag, numberFlag, parseFlags, requireString } from "./args.ts";
+import { bytesFlag, durationFlag, intFlag, numberFlag, parseFlags, requireString } from "./args.ts";
 
 export const FINETUNE_HELP =
   `cluscomp finetune: train a compressed model's codebooks end to end (codes stay fixed)
@@ -47,7 +47,8 @@ Data (--format auto picks by extension and first record):
   --teacher-data N       without --data: the teacher writes N tokens of training text itself
                          (sampled at --temperature, seeded)
   --seed S               seed (default 0)
-  --gpu-memory SIZE      GPU budget for the teacher's pass (default 2GiB)
+  --gpu-memory SIZE      GPU memory to use (default 2GiB): the teacher's batches, and whether
+                         the trainer keeps the code indexes on the GPU or on the host
   --restart STAGE        recompute from STAGE on (data, teacher, train)
   --time-budget T        stop at the next checkpoint before T is exceeded and exit 75
   --json                 print the result as one JSON object on stdout
@@ -95,17 +96,7 @@ export async function finetuneMain(argv: string[]): Promise<number> {
     return 0;
   }
   const settings = finetuneSettings(values);
-  let budgetMs: number | null = null;
-  if (values["time-budget"] !== undefined) {
-    budgetMs = parseDuration(String(values["time-budget"]));
-    if (budgetMs === null || !(budgetMs > 0)) {
-      throw new UserError(
-        `${cmd}: --time-budget must be a duration like 90s, 30m or 2h (got "${
-          values["time-budget"]
-        }")`,
-      );
-    }
-  }
+  const budgetMs = durationFlag(cmd, values["time-budget"], "time-budget");
   const progress = new Progress(Boolean(values.quiet));
   const r = await finetuneModel(settings, progress, new RunControl(budgetMs));
   if (values.json) console.log(JSON.stringify(r));

@@ -43,6 +43,7 @@ Usage: deno task plan --config CONFIG.json --gpu-memory 48GB [options]
                          length (default 512)
   --train-windows W      training windows the teacher's top-k is kept for (default 1000)
   --topk K               teacher probabilities kept per position (default 64)
+  --train-batch B        windows per training step (default 8)
   --no-train             plan without the teacher and train rows
   --json                 one JSON object: {fits, stages: [{stage, gpu_bytes, host_bytes,
                          disk_bytes}]}
@@ -84,6 +85,7 @@ export async function planMain(argv: string[]): Promise<number> {
     "train-seqlen": { type: "string" },
     "train-windows": { type: "string" },
     topk: { type: "string" },
+    "train-batch": { type: "string" },
     "extra-term": { type: "boolean" },
     measure: { type: "boolean" },
     throughput: { type: "string" },
@@ -141,9 +143,16 @@ export async function planMain(argv: string[]): Promise<number> {
       seqlen: intFlag(cmd, values["train-seqlen"], "train-seqlen", 2, 512),
       windows: intFlag(cmd, values["train-windows"], "train-windows", 1, 1000),
       topk: intFlag(cmd, values.topk, "topk", 1, 64),
+      batch: intFlag(cmd, values["train-batch"], "train-batch", 1, 8),
     },
   });
   const fits = stages.every((s) => s.fits);
+  const trainRow = stages.some((s) => s.stage === "train")
+    ? {
+      seqlen: intFlag(cmd, values["train-seqlen"], "train-seqlen", 2, 512),
+      windows: intFlag(cmd, values["train-windows"], "train-windows", 1, 1000),
+    }
+    : undefined;
   if (values.measure) {
     throughput = await measureThroughput(await getGpu(), { d: shape.d, n: shape.n });
   }
@@ -153,6 +162,7 @@ export async function planMain(argv: string[]): Promise<number> {
       ...timing,
       finetune: !values["no-finetune"],
       extraTerm: Boolean(values["extra-term"]),
+      train: trainRow,
     })
     : [];
   const timed = (stage: string) => {

@@ -189,12 +189,22 @@ export interface GpuCodeIndex {
 
 const PARTIAL = 0x80000000;
 
-/** Uploads an index; release() frees its buffers. */
-export async function uploadCodeIndex(gpu: Gpu, index: CodeIndex): Promise<GpuCodeIndex> {
+/** What uploadCodeIndex writes to the GPU: the ix and items buffers' data, and the slot count. */
+export interface CodeIndexData {
+  /** u32 [pieces * 3 + n + 1]: the piece triples, then slotOffsets. */
+  ix: Uint32Array;
+  /** u32 [items]: see GpuCodeIndex.items. */
+  items: Uint32Array;
+  /** Partial rows (f32 [slots, d] scratch). */
+  slots: number;
+}
+
+/** The host data of an index's GPU buffers, checked against the binding limits. */
+export function codeIndexData(limits: GpuLimits, index: CodeIndex): CodeIndexData {
   const { n, d, out, cols, chunkRows, positions, layout } = index;
   const slots = index.slotOffsets[n];
   const ixLen = index.pieces.length + n + 1;
-  const max = gpu.limits.maxBinding;
+  const max = limits.maxBinding;
   if (ixLen * 4 > max || slots * d * 4 > max) {
     throw new Error(
       `uploadCodeIndex: ${index.pieces.length / 3} pieces of ${d} components exceed ` +
@@ -204,9 +214,9 @@ export async function uploadCodeIndex(gpu: Gpu, index: CodeIndex): Promise<GpuCo
   if (Math.min(chunkRows, index.inDim) * out >= PARTIAL) {
     throw new Error(`uploadCodeIndex: chunks of ${chunkRows} rows exceed u32 offsets`);
   }
-  const ixData = new Uint32Array(ixLen);
-  ixData.set(index.pieces);
-  ixData.set(index.slotOffsets, index.pieces.length);
+  const ix = new Uint32Array(ixLen);
+  ix.set(index.pieces);
+  ix.set(index.slotOffsets, index.pieces.length);
   const items = new Uint32Array(positions.length);
   if (layout === "features") {
     items.set(positions);
@@ -217,11 +227,17 @@ export async function uploadCodeIndex(gpu: Gpu, index: CodeIndex): Promise<GpuCo
       items[q] = ((r % chunkRows) * out + cv * d + (short && cv === cols - 1 ? PARTIAL : 0)) >>> 0;
     }
   }
-  const ix = gpu.createBuffer(ixLen * 4, "code index");
-  const itemBuf = gpu.createBuffer(items.length * 4, "code items");
-  const partial = gpu.createBuffer(slots * d * 4, "code partial sums");
-  await gpu.write(ix, ixData);
-  await gpu.write(itemBuf, items);
+  return { ix, items, slots };
+}
+
+/** Uploads an index; release() frees its buffers. */
+export async function uploadCodeIndex(gpu: Gpu, index: CodeIndex): Promise<GpuCodeIndex> {
+  const data = codeIndexData(gpu.limits, index);
+  const ix = gpu.createBuffer(data.ix.length * 4, "code index");
+  const itemBuf = gpu.createBuffer(data.items.length * 4, "code items");
+  const partial = gpu.createBuffer(data.slots * index.d * 4, "code partial sums");
+  await gpu.write(ix, data.ix);
+  await gpu.write(itemBuf, data.items);
   let released = false;
   return {
     index,

@@ -148,26 +148,16 @@ export async function compress(
 
     runner.enter("finetune", gpu);
     if (ft) {
-      const ids = tokenizer.encode(await readText(ft.calib));
-      const { train, heldOut } = sampleWindows(ids, {
-        samples: ft.samples,
-        seqlen: ft.seqlen,
-        holdout: ft.holdout,
-        seed: ft.train.seed,
-      }, ft.calib);
       const shapes = Object.fromEntries(
         plan!.map((p) => [p.kind, { n: p.n, d: p.d, splits: p.splits }]),
       ) as FinetuneInput["shapes"];
-      const reports = await finetune({
+      const reports = await finetuneBlocks(ft, tokenizer, {
         gpu,
         cfg,
         src: source,
         runner,
         clusterUnit: (l) => readUnit(unitName(l)),
         shapes,
-        train,
-        heldOut,
-        settings: ft.train,
       });
       const t = performance.now();
       result.finetune = { settings: ft, blocks: reports, seconds: (t - t1) / 1000 };
@@ -177,7 +167,6 @@ export async function compress(
 
     runner.enter("export", gpu);
     const qc = planned.quantConfig();
-    let tExport = 0;
     await writeCompressedModel(
       s.model,
       s.out,
@@ -197,36 +186,9 @@ export async function compress(
       },
       index,
       async (tmp) => {
-        // The folder is complete but not yet in place: evaluate it, then add the report.
-        tExport = performance.now();
-        result.seconds.export = (tExport - t1) / 1000;
-        if (s.recover) {
-          // Distillation from the original on the exported folder, whose codebooks it replaces.
-          runner.enter("recover", gpu);
-          const r = await trainCompressed({ ...s.recover, teacher: s.model }, tmp, runner);
-          if (r.best.size > 0) await writeUpdatedFolder(tmp, tmp, r.best);
-          result.recover = { report: r.report, settings: r.settings, data: r.data };
-          result.seconds.recover = (performance.now() - tExport) / 1000;
-          tExport = performance.now();
-        }
-        runner.enter("eval", gpu);
-        if (s.eval) {
-          const e = { ...s.eval, gpuBudget: s.gpuBudget };
-          const [orig, comp] = (await runner.stage("eval", [
-            evalUnit("eval/original", () => evaluatePerplexity({ model: s.model, ...e }, progress)),
-            evalUnit("eval/compressed", () => evaluatePerplexity({ model: tmp, ...e }, progress)),
-          ])).map((u) => u.info);
-          comp.model = s.out;
-          result.eval = { original: orig, compressed: comp };
-          result.ppl_original = orig.ppl;
-          result.ppl_compressed = comp.ppl;
-          result.seconds.eval = (performance.now() - tExport) / 1000;
-        }
-        runner.enter(null);
-        result.gpu_peak = runner.gpuPeak;
-        result.host_peak = runner.hostPeak;
-        result.gpu_peak_bytes = Math.max(...Object.values(result.gpu_peak));
-        await writeReport(tmp, result);
+        // The folder is complete but not yet in place: recover, evaluate, add the report.
+        result.seconds.export = (performance.now() - t1) / 1000;
+        await finishFolder(s, tmp, runner, result);
       },
     );
     progress.note("export", `wrote ${s.out}`);
@@ -236,6 +198,63 @@ export async function compress(
     index.close();
   }
   return result;
+}
+
+/** The block-wise finetune stage on windows sampled from the calibration text. */
+async function finetuneBlocks(
+  ft: NonNullable<CompressSettings["finetune"]>,
+  tokenizer: Tokenizer,
+  inp: Omit<FinetuneInput, "train" | "heldOut" | "settings">,
+) {
+  const ids = tokenizer.encode(await readText(ft.calib));
+  const { train, heldOut } = sampleWindows(ids, {
+    samples: ft.samples,
+    seqlen: ft.seqlen,
+    holdout: ft.holdout,
+    seed: ft.train.seed,
+  }, ft.calib);
+  return await finetune({ ...inp, train, heldOut, settings: ft.train });
+}
+
+/**
+ * The exported folder `tmp`, before it moves into place: whole-model distillation from the
+ * original (--recover), which replaces its codebooks; its evaluation; its report.
+ */
+async function finishFolder(
+  s: CompressSettings,
+  tmp: string,
+  runner: StageRunner,
+  result: CompressResult,
+): Promise<void> {
+  const gpu = await getGpu();
+  let t = performance.now();
+  if (s.recover) {
+    runner.enter("recover", gpu);
+    const r = await trainCompressed({ ...s.recover, teacher: s.model }, tmp, runner);
+    if (r.best.size > 0) await writeUpdatedFolder(tmp, tmp, r.best);
+    result.recover = { report: r.report, settings: r.settings, data: r.data };
+    result.seconds.recover = (performance.now() - t) / 1000;
+    t = performance.now();
+  }
+  runner.enter("eval", gpu);
+  if (s.eval) {
+    const e = { ...s.eval, gpuBudget: s.gpuBudget };
+    const run = (model: string) => () => evaluatePerplexity({ model, ...e }, runner.progress);
+    const [orig, comp] = (await runner.stage("eval", [
+      evalUnit("eval/original", run(s.model)),
+      evalUnit("eval/compressed", run(tmp)),
+    ])).map((u) => u.info);
+    comp.model = s.out;
+    result.eval = { original: orig, compressed: comp };
+    result.ppl_original = orig.ppl;
+    result.ppl_compressed = comp.ppl;
+    result.seconds.eval = (performance.now() - t) / 1000;
+  }
+  runner.enter(null);
+  result.gpu_peak = runner.gpuPeak;
+  result.host_peak = runner.hostPeak;
+  result.gpu_peak_bytes = Math.max(...Object.values(result.gpu_peak));
+  await writeReport(tmp, result);
 }
 
 /** What an evaluation unit holds (checked when read back; a mismatch evaluates again). */

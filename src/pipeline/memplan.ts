@@ -38,7 +38,7 @@ export interface MemoryPlanSettings {
    * window length, training windows (the teacher's top-k is kept for each) and teacher top-k.
    * Absent: no teacher / train rows.
    */
-  train?: { seqlen: number; windows: number; topk: number };
+  train?: { seqlen: number; windows: number; topk: number; batch: number };
 }
 
 export interface StagePlan {
@@ -272,16 +272,23 @@ export function planMemory(cfg: ModelConfig, s: MemoryPlanSettings): StagePlan[]
       } kept in the work directory`,
       disk.after + topk,
     );
-    // Training: CodebookTrainer's buffers. Host: the top-k rows, and a checkpoint's codebooks
-    // with AdamW moments (read back, then encoded). Disk: the top-k unit, the latest
-    // checkpoint (3 x codebooks) and the best codebooks.
+    // Training: CodebookTrainer's buffers, its code indexes on the host when they would not
+    // fit (as the train stage decides). Host: what the trainer keeps, the top-k rows, and a
+    // checkpoint's codebooks with AdamW moments (read back, then encoded). Disk: the top-k
+    // unit, the latest checkpoint (3 x codebooks) and the best codebooks.
+    const mem = { batch: t.batch, indexOnHost: false };
+    if (CodebookTrainer.gpuBytes(cfg, shapes, t.seqlen, s.maxBinding, mem) > s.gpuMemory) {
+      mem.indexOnHost = true;
+    }
+    const upload = CodebookTrainer.uploadBytes(cfg, shapes, s.maxBinding, t.batch, mem);
     stage(
       "train",
-      CodebookTrainer.gpuBytes(cfg, shapes, t.seqlen, s.maxBinding),
-      topk + 6 * books,
-      `whole-model codebook training, one window of ${t.seqlen} at a time; codebooks ${
-        gib(books)
-      } (trained with AdamW; codes fixed)`,
+      CodebookTrainer.gpuBytes(cfg, shapes, t.seqlen, s.maxBinding, mem),
+      CodebookTrainer.hostBytes(cfg, shapes, s.maxBinding, mem) + topk + 6 * books,
+      `whole-model codebook training, ${t.batch} windows of ${t.seqlen} per step, layer by ` +
+        `layer; codebooks ${gib(books)} (AdamW; codes fixed); code indexes ${
+          mem.indexOnHost ? `on the host (${gib(upload)} uploaded per step)` : "on the GPU"
+        }`,
       disk.after + topk + 4 * books,
     );
   }

@@ -51,6 +51,8 @@ export interface TimePlanSettings {
   evalTokens: number;
   /** Tokens generated for the generate row. */
   newTokens: number;
+  /** Whole-model training (the teacher and train rows): window length and windows, one epoch. */
+  train?: { seqlen: number; windows: number };
 }
 
 /** The work of one stage, in the units of Throughput's rates (0 where a stage has none). */
@@ -147,6 +149,20 @@ export function stageWork(cfg: ModelConfig, s: TimePlanSettings): StageWork[] {
   const orig = zero("eval-original");
   orig.matmul_flops = 2 * P * cfg.layers * tokens + extra;
   out.push(orig);
+
+  if (s.train) {
+    // The teacher: one forward of the original over every window. Training, one epoch: per
+    // window a forward, the recomputed forward and the backward (dX and dW, about two forwards),
+    // plus ten held-out evaluations of a tenth of the windows (about one forward per window).
+    const T = s.train.seqlen, W = s.train.windows;
+    const fwd = cfg.layers * (2 * P * T + attentionFlops(cfg, T)) + 2 * cfg.vocab * cfg.hidden * T;
+    const teacher = zero("teacher");
+    teacher.matmul_flops = W * fwd;
+    out.push(teacher);
+    const train = zero("train");
+    train.matmul_flops = 5 * W * fwd;
+    out.push(train);
+  }
 
   const gen = zero("generate");
   let perBlock = 0;

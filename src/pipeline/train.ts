@@ -242,6 +242,7 @@ export async function trainCompressed(
     train,
     eval: evalWindows,
     settings,
+    gpuMemory: s.gpuBudget,
   });
   return {
     report,

@@ -1,16 +1,26 @@
 // Whole-model training of a compressed (ClusComp) Llama: every linear is a codebook of f32
 // centroids with fixed codes, trained on the next-token loss of the whole model (optionally
-// mixed with a teacher's top-k distribution for distillation), with AdamW. Structure as
-// src/train/trainer.ts: one window at a time, only each layer's input stored during the forward,
-// the backward recomputes each block's forward (with keep) before its backwardBlock, layer by
-// layer in reverse; the W^T gradients are reduced onto the codebooks (src/kernels/codebook.ts).
+// mixed with a teacher's top-k distribution for distillation), with AdamW.
+//
+// Layer-major passes: a batch is processed in passes of at most `batch` windows (the option).
+// A pass embeds every window, then runs block 0 over every window, block 1 over every window,
+// ..., storing each window's input of each block ([batch, layers] x [H, T]); then the head and
+// loss of every window give its dy; then, layer by layer in reverse, every window's block
+// forward is recomputed (with keep) and its backwardBlock run, its dx becoming that window's dy
+// for the block below. The W^T gradients are reduced onto the codebooks (src/kernels/codebook.ts)
+// in window order, so every gradient sums in the same order whatever `batch` is: results are
+// bit-identical to one window at a time (batch 1, the default, is exactly that). Each layer's
+// decoded weights and code index are needed twice per pass (forward, backward), not per window.
 //
 // Memory: per block the GPU holds only the codebooks (f32 [splits * n, d] per linear), their
 // AdamW m / v and gradient, the code index (no separate codes: the index lists every code's
-// position, see decodeFromIndex), and the two RMSNorm weights. ONE shared set of dense buffers
+// position, see decodeFromIndex), and the two RMSNorm weights. With indexOnHost the code
+// indexes stay in host memory instead and ONE layer-sized set of index buffers per linear kind
+// (sized for the largest layer) is rewritten when a layer becomes current (twice per pass:
+// 2 * (layers - 1) layer uploads per pass in steady state). ONE shared set of dense buffers
 // (W^T and W of each of the 7 linear kinds, one block's worth) is decoded from a block's
-// codebooks and code indexes right before its forward, and again before its recomputed forward
-// in the backward. The embedding stays on the host (frozen: the lookup is a host
+// codebooks and code indexes right before its forwards, and again before its recomputed
+// forwards in the backward. The embedding stays on the host (frozen: the lookup is a host
 // gather of T rows); the LM head is on the GPU in both layouts (lm_head^T [H, V] for the
 // logits, W [V, H] for the input gradient), frozen unless trainHead (untied models only).
 // Logits are computed in row chunks of at most one binding. See CodebookTrainer.gpuBytes.
@@ -21,8 +31,12 @@ import { unpackCodes } from "../io/pack.ts";
 import { adamw } from "../kernels/adamw.ts";
 import { NO_TARGET, rmsnormBackward, softmaxXentBackward } from "../kernels/backward.ts";
 import {
+  buildCodeIndex,
   codebookGrad,
   codeChunkRows,
+  type CodeIndex,
+  type CodeIndexData,
+  codeIndexData,
   decodeFromIndex,
   type GpuCodeIndex,
   PIECE_ITEMS,
@@ -35,6 +49,7 @@ import { rmsnorm } from "../kernels/norm.ts";
 import { ropeTables } from "../kernels/rope.ts";
 import { SOFT_XENT_MAX_K, softXent } from "../kernels/soft_xent.ts";
 import { transpose as transposeGpu } from "../kernels/transpose.ts";
+import type { ClusterModule } from "../format/compressed.ts";
 import { openModel } from "../format/open.ts";
 import { backwardBlock, BackwardScratch } from "../model/backward.ts";
 import {
@@ -69,6 +84,20 @@ export interface CodebookTrainOptions {
   eps?: number;
   /** Decoupled weight decay of codebooks and the head (norms are not decayed). Default 0. */
   weightDecay?: number;
+  /**
+   * Windows per layer-major pass (see the header): the GPU stores batch x layers layer inputs
+   * [H, T]; computeGradients / evaluate take any number of windows, in passes of at most this
+   * many (same results for any value). Default 1.
+   */
+  batch?: number;
+  /**
+   * Keep every layer's code index in host memory and upload the current layer's into one
+   * shared layer-sized set of GPU buffers (see the header); false: every index resident on the
+   * GPU; "auto": offload when the resident gpuBytes would exceed gpuMemory. Default false.
+   */
+  indexOnHost?: boolean | "auto";
+  /** GPU bytes available to the trainer, for indexOnHost "auto" (required there). */
+  gpuMemory?: number;
 }
 
 /** Codebook settings of a linear. */
@@ -96,7 +125,20 @@ interface Book {
   out: number;
   d: number;
   p: Param;
+  /** Resident: the layer's own buffers; indexOnHost: the kind's shared buffers. */
   index: GpuCodeIndex;
+  /** indexOnHost: the index buffers' data, written into the shared buffers when current. */
+  host?: CodeIndexData;
+}
+
+/** Options of gpuBytes / hostBytes. */
+export interface CodebookMemoryOptions {
+  trainNorms?: boolean;
+  trainHead?: boolean;
+  /** Windows per pass (CodebookTrainOptions.batch). Default 1. */
+  batch?: number;
+  /** Code indexes on the host (the resolved CodebookTrainOptions.indexOnHost). Default false. */
+  indexOnHost?: boolean;
 }
 
 interface Layer {
@@ -113,8 +155,14 @@ const buf = (n: number) => Math.max(16, n * 4);
 
 export class CodebookTrainer {
   readonly T: number;
+  /** Windows per layer-major pass. */
+  readonly batch: number;
+  /** Whether the code indexes live on the host (indexOnHost resolved). */
+  readonly indexOnHost: boolean;
   /** Optimizer steps taken. */
   steps = 0;
+  /** Code index bytes written to the GPU by layer switches (indexOnHost) so far. */
+  bytesUploaded = 0;
   private readonly layers: Layer[] = [];
   /** Every trained parameter, in a fixed order. */
   private readonly params: Param[] = [];
@@ -124,6 +172,12 @@ export class CodebookTrainer {
   /** Which layer wT (and w) currently hold, -1 for none. */
   private decodedT = -1;
   private decodedW = -1;
+  /** indexOnHost: the shared index buffers of each linear kind, and whose layer they hold. */
+  private readonly shared = {} as Record<
+    LinearKind,
+    { ix: GPUBuffer; items: GPUBuffer; partial: GPUBuffer }
+  >;
+  private indexLayer = -1;
   private embedding!: Float32Array;
   private finalNorm!: Tensor;
   private finalNormP?: Param;
@@ -131,7 +185,10 @@ export class CodebookTrainer {
   private headW!: Tensor;
   private headP?: Param;
   private readonly buf: Record<string, Tensor> = {};
-  private layerIn: Tensor[] = [];
+  /** [window][layer]: each window's input of each block (evaluate: [window][0], its state). */
+  private layerIn: Tensor[][] = [];
+  /** batch + 1 gradient buffers [H, T]: each window's dy, and one free for a dx. */
+  private dPool: Tensor[] = [];
   private keep!: KeptActivations;
   private scratch!: BlockScratch;
   private bs!: BackwardScratch;
@@ -144,8 +201,15 @@ export class CodebookTrainer {
   private readonly trainNorms: boolean;
   private readonly trainHead: boolean;
 
-  private constructor(readonly gpu: Gpu, readonly cfg: ModelConfig, opts: CodebookTrainOptions) {
+  private constructor(
+    readonly gpu: Gpu,
+    readonly cfg: ModelConfig,
+    opts: CodebookTrainOptions,
+    indexOnHost: boolean,
+  ) {
     this.T = opts.seqlen;
+    this.batch = opts.batch ?? 1;
+    this.indexOnHost = indexOnHost;
     this.beta1 = opts.beta1 ?? 0.9;
     this.beta2 = opts.beta2 ?? 0.95;
     this.eps = opts.eps ?? 1e-8;
@@ -166,7 +230,24 @@ export class CodebookTrainer {
       throw new Error(`CodebookTrainer: ${dir} is not a ClusComp-compressed folder`);
     }
     CodebookTrainer.check(m.cfg, opts);
-    const tr = new CodebookTrainer(gpu, m.cfg, opts);
+    let indexOnHost = opts.indexOnHost ?? false;
+    if (indexOnHost === "auto") {
+      const shapes = {} as Record<LinearKind, CodebookShapes>;
+      for (const lin of linearNames(0, m.cfg)) {
+        const c = m.quant.modules[lin.name.replace(/\.weight$/, "")] as ClusterModule | undefined;
+        if (!c) throw new Error(`CodebookTrainer: ${lin.name} is not a ClusComp codebook`);
+        shapes[lin.kind] = c;
+      }
+      const resident = CodebookTrainer.gpuBytes(
+        m.cfg,
+        shapes,
+        opts.seqlen,
+        gpu.limits.maxBinding,
+        { ...opts, indexOnHost: false },
+      );
+      indexOnHost = resident > opts.gpuMemory!;
+    }
+    const tr = new CodebookTrainer(gpu, m.cfg, opts, indexOnHost);
     try {
       await tr.setup(m.source);
     } catch (e) {
@@ -188,6 +269,17 @@ export class CodebookTrainer {
     }
     const kd = opts.kdWeight ?? 1;
     if (!(kd >= 0 && kd <= 1)) throw new Error(`CodebookTrainer: kdWeight ${kd} is outside [0, 1]`);
+    const batch = opts.batch ?? 1;
+    if (!(Number.isInteger(batch) && batch >= 1)) {
+      throw new Error(`CodebookTrainer: batch ${batch} must be a positive integer`);
+    }
+    const ioh = opts.indexOnHost ?? false;
+    if (ioh !== true && ioh !== false && ioh !== "auto") {
+      throw new Error(`CodebookTrainer: indexOnHost ${ioh} is not true, false or "auto"`);
+    }
+    if (ioh === "auto" && !(opts.gpuMemory !== undefined && opts.gpuMemory > 0)) {
+      throw new Error(`CodebookTrainer: indexOnHost "auto" needs gpuMemory (bytes)`);
+    }
   }
 
   private async param(name: string, data: Float32Array, decay: boolean): Promise<Param> {
@@ -219,14 +311,29 @@ export class CodebookTrainer {
         for (let i = 0; i < count; i++) codes[i] += Math.floor(i / perSplit) * c.n;
         const entries = c.splits * c.n;
         const module = lin.name.replace(/\.weight$/, "");
-        books.push({
+        const book = {
           kind: lin.kind,
           inDim: lin.in,
           out: lin.out,
           d: c.d,
           p: await this.param(`${module}.codebook`, c.centroids, true),
-          index: await prepareCodeIndex(gpu, codes, entries, lin.in, lin.out, c.d),
-        });
+        };
+        if (this.indexOnHost) {
+          const chunkRows = codeChunkRows(gpu.limits, lin.in, lin.out);
+          const index = buildCodeIndex(codes, entries, lin.in, lin.out, c.d, { chunkRows });
+          const host = codeIndexData(gpu.limits, index);
+          // The GPU buffers are the kind's shared ones, made once every layer's sizes are known.
+          const gi = {
+            index: slim(index),
+            slotBase: index.pieces.length,
+            release() {},
+          } as GpuCodeIndex;
+          books.push({ ...book, index: gi, host });
+        } else {
+          const gi = await prepareCodeIndex(gpu, codes, entries, lin.in, lin.out, c.d);
+          gi.index = slim(gi.index);
+          books.push({ ...book, index: gi });
+        }
       }
       const pre = `model.layers.${l}`;
       const inName = `${pre}.input_layernorm.weight`,
@@ -271,22 +378,48 @@ export class CodebookTrainer {
       this.wT[lin.kind] = Tensor.empty(gpu, [lin.in, lin.out], `decode ${lin.kind} W^T`);
       this.w[lin.kind] = Tensor.empty(gpu, [lin.out, lin.in], `decode ${lin.kind} W`);
     }
+    if (this.indexOnHost) {
+      for (const lin of linearNames(0, cfg)) {
+        const books = this.layers.map((L) => L.books.find((b) => b.kind === lin.kind)!);
+        const most = (f: (b: Book) => number) => Math.max(...books.map(f));
+        const sh = this.shared[lin.kind] = {
+          ix: gpu.createBuffer(most((b) => b.host!.ix.length) * 4, `shared ${lin.kind} index`),
+          items: gpu.createBuffer(
+            most((b) => b.host!.items.length) * 4,
+            `shared ${lin.kind} items`,
+          ),
+          partial: gpu.createBuffer(
+            most((b) => b.host!.slots * b.d) * 4,
+            `shared ${lin.kind} partial sums`,
+          ),
+        };
+        for (const b of books) Object.assign(b.index, sh);
+      }
+    }
     this.logitRows = logitRows(cfg, T, gpu.limits.maxBinding);
     const e = (
       name: string,
       shape: number[],
       dtype: "f32" | "u32" = "f32",
     ) => (this.buf[name] = Tensor.empty(gpu, shape, `cbtrain.${name}`, dtype));
-    for (const name of ["x", "y", "hF", "dhF", "dA", "dB"]) e(name, [H, T]);
+    for (const name of ["x", "y", "hF", "dhF"]) e(name, [H, T]);
     e("hTok", [T, H]);
     e("logits", [this.logitRows, V]);
     e("dlT", [V, this.logitRows]);
     e("rstd", [T]);
     e("targets", [T], "u32");
     e("loss", [T]);
+    this.dPool = Array.from(
+      { length: this.batch + 1 },
+      (_, i) => Tensor.empty(gpu, [H, T], `cbtrain.d${i}`),
+    );
     this.layerIn = Array.from(
-      { length: cfg.layers },
-      (_, l) => Tensor.empty(gpu, [H, T], `cbtrain.in L${l}`),
+      { length: this.batch },
+      (_, i) =>
+        Array.from(
+          { length: cfg.layers },
+          (_, l) => Tensor.empty(gpu, [H, T], `cbtrain.in W${i} L${l}`),
+        ),
     );
     this.keep = {
       xIn: Tensor.empty(gpu, [H, T], "cbtrain.keep.xIn"),
@@ -309,41 +442,87 @@ export class CodebookTrainer {
    * GPU bytes a trainer holds for cfg and these codebook shapes (one for every linear, or one
    * per linear kind), seqlen T: what it allocates, with the code index's piece count at its upper bound
    * (min(items, chunks * entries) + items / PIECE_ITEMS per linear; exact when every codebook
-   * entry is used and no segment exceeds PIECE_ITEMS items). Transient per-window teacher
-   * buffers ((T * k) * 8 bytes) are not included.
+   * entry is used and no segment exceeds PIECE_ITEMS items). Resident: every layer's index;
+   * indexOnHost: one layer's (the shared buffers). The stored layer inputs are
+   * batch x layers x [H, T]. Transient per-window teacher buffers ((T * k) * 8 bytes) are not
+   * included.
    */
   static gpuBytes(
     cfg: ModelConfig,
     shapes: CodebookShapes | Record<LinearKind, CodebookShapes>,
     T: number,
     maxBinding: number,
-    opts: { trainNorms?: boolean; trainHead?: boolean } = {},
+    opts: CodebookMemoryOptions = {},
   ): number {
     const H = cfg.hidden, V = cfg.vocab, I = cfg.intermediate;
-    const limits = { maxBinding, align: 256 } as GpuLimits;
-    let perLayer = 0, decode = 0;
-    for (const lin of linearNames(0, cfg)) {
-      const { d, n, splits } = "d" in shapes ? shapes : shapes[lin.kind];
-      const entries = splits * n, size = entries * d;
-      const cols = Math.ceil(lin.out / d), items = lin.in * cols;
-      const chunkRows = codeChunkRows(limits, lin.in, lin.out);
-      const chunks = Math.ceil(lin.in / chunkRows);
-      const pieces = Math.min(items, chunks * entries) + Math.floor(items / PIECE_ITEMS);
-      perLayer += 4 * buf(size) + // codebook, grad, m, v
-        buf(pieces * 3 + entries + 1) + buf(items) + buf(pieces * d); // code index
-      decode += 2 * buf(lin.in * lin.out);
+    const batch = opts.batch ?? 1;
+    let perLayer = 0, decode = 0, index = 0;
+    for (const c of indexSizes(cfg, shapes, maxBinding)) {
+      perLayer += 4 * buf(c.entries * c.d); // codebook, grad, m, v
+      index += buf(c.ix) + buf(c.items) + buf(c.pieces * c.d); // code index
+      decode += 2 * buf(c.inDim * c.out);
     }
     const norm = (opts.trainNorms ? 4 : 1) * buf(H);
-    perLayer += 2 * norm + buf(H * T); // norms, stored layer input
+    perLayer += 2 * norm + batch * buf(H * T); // norms, stored layer inputs
     const rows = logitRows(cfg, T, maxBinding);
-    let bytes = cfg.layers * perLayer + decode + norm;
+    let bytes = cfg.layers * perLayer + (opts.indexOnHost ? 1 : cfg.layers) * index + decode + norm;
     bytes += (opts.trainHead ? 4 : 1) * buf(H * V) + buf(V * H); // head^T (+ grad, m, v), head W
-    bytes += 6 * buf(H * T) + buf(T * H) + 2 * buf(rows * V) + 3 * buf(T); // buf
+    bytes += (4 + batch + 1) * buf(H * T) + buf(T * H) + 2 * buf(rows * V) + 3 * buf(T); // buf, dPool
     bytes += 3 * buf(H * T) + buf(I * T); // keep
     bytes += BlockScratch.bytes(cfg, 1, T, maxBinding);
     const group = BlockScratch.split(cfg, T, T, maxBinding).headGroup;
     for (const [, shape] of BackwardScratch.shapes(cfg, T, group)) {
       bytes += buf(shape.reduce((a, b) => a * b, 1));
+    }
+    return bytes;
+  }
+
+  /**
+   * Host bytes of what a trainer keeps in host memory beyond setup (same shapes and piece bound
+   * as gpuBytes): the embedding, every code index's chunk offsets, and with indexOnHost every
+   * index's buffer data (the piece list and the item positions, 4 bytes per code).
+   */
+  static hostBytes(
+    cfg: ModelConfig,
+    shapes: CodebookShapes | Record<LinearKind, CodebookShapes>,
+    maxBinding: number,
+    opts: CodebookMemoryOptions = {},
+  ): number {
+    let perLayer = 0;
+    for (const c of indexSizes(cfg, shapes, maxBinding)) {
+      perLayer += 4 * (c.chunks * c.entries + 1 + c.chunks + 1); // offsets, chunkPieces
+      if (opts.indexOnHost) perLayer += 4 * (c.ix + c.items);
+    }
+    return cfg.vocab * cfg.hidden * 4 + cfg.layers * perLayer;
+  }
+
+  /**
+   * Code index bytes indexOnHost uploads per computeGradients of `windows` windows in steady
+   * state (same piece bound as gpuBytes): 2 * (layers - 1) layer uploads per pass of at most
+   * `batch` windows (each pass's forward starts at the layer the last backward ended on, and its
+   * backward at the layer its forward ended on). 0 when resident.
+   */
+  static uploadBytes(
+    cfg: ModelConfig,
+    shapes: CodebookShapes | Record<LinearKind, CodebookShapes>,
+    maxBinding: number,
+    windows: number,
+    opts: CodebookMemoryOptions = {},
+  ): number {
+    if (!opts.indexOnHost) return 0;
+    let layer = 0;
+    for (const c of indexSizes(cfg, shapes, maxBinding)) layer += 4 * (c.ix + c.items);
+    return Math.ceil(windows / (opts.batch ?? 1)) * 2 * (cfg.layers - 1) * layer;
+  }
+
+  /** Host bytes the trainer holds in the arrays hostBytes counts. */
+  get hostBytesHeld(): number {
+    let bytes = this.embedding.byteLength;
+    for (const L of this.layers) {
+      for (const b of L.books) {
+        bytes += b.index.index.offsets.byteLength + b.index.index.chunkPieces.byteLength;
+        if (b.host) bytes += b.host.ix.byteLength + b.host.items.byteLength;
+      }
     }
     return bytes;
   }
@@ -355,18 +534,24 @@ export class CodebookTrainer {
 
   /**
    * Clears gradients, accumulates those of the mean loss over the counted positions of `batch`
-   * (one window at a time), returns the mean loss.
+   * (layer-major passes of at most this.batch windows, gradients summed in window order),
+   * returns the mean loss.
    */
   async computeGradients(batch: TrainWindow[]): Promise<number> {
     if (batch.length === 0) throw new Error("computeGradients: no windows");
     const targets = batch.map((w) => this.targetsOf(w));
+    for (const w of batch) if (w.teacher) this.checkTeacher(w.teacher);
     let counted = 0;
     for (const t of targets) for (const v of t) if (v !== NO_TARGET) counted++;
     if (counted === 0) throw new Error("computeGradients: no position counts (all masked)");
     for (const p of this.params) this.gpu.clear(p.grad.buffer);
     let sum = 0;
-    for (let i = 0; i < batch.length; i++) {
-      sum += await this.window(batch[i], targets[i], 1 / counted, true);
+    for (let i = 0; i < batch.length; i += this.batch) {
+      const j = Math.min(batch.length, i + this.batch);
+      // Window by window, in order: the same sum for any pass size.
+      for (const v of await this.pass(batch.slice(i, j), targets.slice(i, j), 1 / counted, true)) {
+        sum += v;
+      }
     }
     return sum / counted;
   }
@@ -397,13 +582,19 @@ export class CodebookTrainer {
     return loss;
   }
 
-  /** Mean NLL (hard targets, mask respected) and counted tokens, no gradients. */
+  /**
+   * Mean NLL (hard targets, mask respected) and counted tokens, no gradients. Layer-major
+   * passes of at most this.batch windows as computeGradients (forward only: with indexOnHost
+   * each layer's index is uploaded once per pass).
+   */
   async evaluate(windows: TrainWindow[]): Promise<{ nll: number; tokens: number }> {
+    const targets = windows.map((w) => this.targetsOf(w));
     let sum = 0, tokens = 0;
-    for (const w of windows) {
-      const t = this.targetsOf(w);
-      for (const v of t) if (v !== NO_TARGET) tokens++;
-      sum += await this.window({ ids: w.ids }, t, 0, false);
+    for (const t of targets) for (const v of t) if (v !== NO_TARGET) tokens++;
+    for (let i = 0; i < windows.length; i += this.batch) {
+      const j = Math.min(windows.length, i + this.batch);
+      const ws = windows.slice(i, j).map((w) => ({ ids: w.ids }));
+      for (const v of await this.pass(ws, targets.slice(i, j), 0, false)) sum += v;
     }
     return { nll: tokens > 0 ? sum / tokens : NaN, tokens };
   }
@@ -459,7 +650,8 @@ export class CodebookTrainer {
       ...Object.values(this.wT),
       ...Object.values(this.w),
       ...Object.values(this.buf),
-      ...this.layerIn,
+      ...this.layerIn.flat(),
+      ...this.dPool,
       ...Object.values(this.keep ?? {}),
       this.finalNorm,
       this.headT,
@@ -470,6 +662,9 @@ export class CodebookTrainer {
       for (const b of l.books) b.index.release();
     }
     for (const t of ts) t?.release();
+    for (const sh of Object.values(this.shared)) {
+      for (const b of [sh.ix, sh.items, sh.partial]) this.gpu.releaseBuffer(b);
+    }
     this.scratch?.release();
     this.bs?.release();
   }
@@ -498,9 +693,37 @@ export class CodebookTrainer {
     return out;
   }
 
-  /** Decodes layer l's codebooks into the shared W^T buffers (and W when `both`). */
-  private decode(l: number, both: boolean): void {
+  private checkTeacher(t: NonNullable<TrainWindow["teacher"]>): void {
+    const { k, ids, probs } = t, T = this.T;
+    if (!(Number.isInteger(k) && k >= 1 && k <= SOFT_XENT_MAX_K)) {
+      throw new Error(`CodebookTrainer: teacher k = ${k} is outside [1, ${SOFT_XENT_MAX_K}]`);
+    }
+    if (ids.length !== T * k || probs.length !== T * k) {
+      throw new Error(`CodebookTrainer: teacher ids / probs must hold T * k = ${T * k} values`);
+    }
+    checkIds(ids, this.cfg.vocab, "teacher ids");
+  }
+
+  /** indexOnHost: writes layer l's code indexes into the shared buffers unless they hold them. */
+  private async useIndex(l: number): Promise<void> {
+    if (!this.indexOnHost || this.indexLayer === l) return;
+    this.indexLayer = -1;
+    for (const b of this.layers[l].books) {
+      const h = b.host!;
+      await this.gpu.write(b.index.ix, h.ix);
+      await this.gpu.write(b.index.items, h.items);
+      this.bytesUploaded += h.ix.byteLength + h.items.byteLength;
+    }
+    this.indexLayer = l;
+  }
+
+  /**
+   * Makes layer l current: its code indexes (indexOnHost), its codebooks decoded into the
+   * shared W^T buffers (and W when `both`).
+   */
+  private async decode(l: number, both: boolean): Promise<void> {
     const gpu = this.gpu;
+    await this.useIndex(l);
     if (this.decodedT !== l) {
       for (const b of this.layers[l].books) {
         decodeFromIndex(gpu, b.p.t.all, b.index, this.wT[b.kind].all, b.inDim, b.out, b.d);
@@ -522,165 +745,231 @@ export class CodebookTrainer {
   }
 
   /**
-   * Forward (and with `backward`, backward with gradients scaled by `scale`) of one window;
-   * returns the window's summed loss over its counted positions.
+   * One layer-major pass over ws (at most this.batch windows): the forward (and with
+   * `backward`, the backward with gradients scaled by `scale`, accumulated in window order);
+   * returns each window's summed loss over its counted positions.
    */
-  private async window(
+  private async pass(
+    ws: TrainWindow[],
+    targets: Uint32Array[],
+    scale: number,
+    backward: boolean,
+  ): Promise<number[]> {
+    const gpu = this.gpu, cfg = this.cfg, T = this.T, H = cfg.hidden, L = cfg.layers;
+    const b = this.buf, bytes = H * T * 4;
+    // Host embedding gather into feature-major [H, T]: each window's block-0 input.
+    for (let i = 0; i < ws.length; i++) {
+      const x0 = new Float32Array(H * T);
+      for (let t = 0; t < T; t++) {
+        const row = ws[i].ids[t] * H;
+        for (let h = 0; h < H; h++) x0[h * T + t] = this.embedding[row + h];
+      }
+      await gpu.write(this.layerIn[i][0].buffer, x0);
+    }
+    // Forward, block by block over every window, storing each window's block inputs (evaluate:
+    // each window's state stays in its layerIn[i][0]); after the last block, the head and loss
+    // of the window (training: its dy into dPool[i]).
+    const sums: number[] = [];
+    for (let l = 0; l < L; l++) {
+      await this.decode(l, false);
+      for (let i = 0; i < ws.length; i++) {
+        const src = this.layerIn[i][backward ? l : 0];
+        if (l === L - 1) {
+          gpu.copy(src.buffer, 0, b.x.buffer, 0, bytes);
+          forwardBlock(gpu, this.block(l), b.x, this.scratch);
+          sums.push(await this.head(ws[i], targets[i], scale, backward, this.dPool[i]));
+        } else if (backward) {
+          const dst = this.layerIn[i][l + 1];
+          gpu.copy(src.buffer, 0, dst.buffer, 0, bytes);
+          forwardBlock(gpu, this.block(l), dst, this.scratch);
+        } else {
+          forwardBlock(gpu, this.block(l), src, this.scratch);
+        }
+      }
+    }
+    if (!backward) return sums;
+
+    // Blocks in reverse: decode, then per window recompute the forward with keep and run the
+    // backward; the window's dx (a free pool buffer) becomes its dy.
+    const dy = ws.map((_, i) => this.dPool[i]);
+    let free = this.dPool[ws.length];
+    for (let l = L - 1; l >= 0; l--) {
+      const Lr = this.layers[l];
+      const byKind = Object.fromEntries(Lr.books.map((k) => [k.kind, k])) as Record<
+        LinearKind,
+        Book
+      >;
+      await this.decode(l, true);
+      for (let i = 0; i < ws.length; i++) {
+        gpu.copy(this.layerIn[i][l].buffer, 0, b.y.buffer, 0, bytes);
+        forwardBlock(gpu, this.block(l), b.y, this.scratch, this.keep);
+        backwardBlock(gpu, this.block(l), this.scratch, this.keep, this.bs, dy[i], {
+          w: this.w,
+          // Block 0's input gradient is needed only for its input-norm gradient (frozen embedding).
+          dx: l > 0 || Lr.inputNormP ? free : undefined,
+          dInputNorm: Lr.inputNormP?.grad,
+          dPostNorm: Lr.postNormP?.grad,
+          onWeightGrad: (kind: LinearKind, dwT: BufferRange) =>
+            codebookGrad(gpu, dwT, byKind[kind].index, byKind[kind].p.grad.all, {
+              accumulate: true,
+            }),
+        });
+        [dy[i], free] = [free, dy[i]];
+      }
+    }
+    return sums;
+  }
+
+  /**
+   * The final norm, head and loss of one window whose last block output is in buf.x; returns its
+   * summed loss over the counted positions. With `backward`, the gradients of the head (scaled
+   * by `scale`) and the final norm, and the window's dy (the final norm's input gradient) in `dy`.
+   */
+  private async head(
     w: TrainWindow,
     targets: Uint32Array,
     scale: number,
     backward: boolean,
+    dy: Tensor,
   ): Promise<number> {
     const gpu = this.gpu, cfg = this.cfg, T = this.T, H = cfg.hidden, V = cfg.vocab;
     const b = this.buf, eps = cfg.rmsNormEps;
-    const bytes = H * T * 4;
-    // Host embedding gather into feature-major x [H, T].
-    const x0 = new Float32Array(H * T);
-    for (let t = 0; t < T; t++) {
-      const row = w.ids[t] * H;
-      for (let h = 0; h < H; h++) x0[h * T + t] = this.embedding[row + h];
-    }
-    await gpu.write(b.x.buffer, x0);
     await gpu.write(b.targets.buffer, targets);
     let teacher: { k: number; ids: Tensor; probs: Tensor } | null = null;
     if (backward && w.teacher) {
-      const { k, ids, probs } = w.teacher;
-      if (!(Number.isInteger(k) && k >= 1 && k <= SOFT_XENT_MAX_K)) {
-        throw new Error(`CodebookTrainer: teacher k = ${k} is outside [1, ${SOFT_XENT_MAX_K}]`);
-      }
-      if (ids.length !== T * k || probs.length !== T * k) {
-        throw new Error(`CodebookTrainer: teacher ids / probs must hold T * k = ${T * k} values`);
-      }
-      checkIds(ids, V, "teacher ids");
+      const { k, ids, probs } = w.teacher; // checked by computeGradients
       teacher = {
         k,
         ids: await Tensor.from(gpu, Uint32Array.from(ids), [T * k], "cbtrain.teacher ids"),
         probs: await Tensor.from(gpu, probs, [T * k], "cbtrain.teacher probs"),
       };
     }
-
-    // Forward, storing each layer's input.
-    for (let l = 0; l < cfg.layers; l++) {
-      if (backward) gpu.copy(b.x.buffer, 0, this.layerIn[l].buffer, 0, bytes);
-      this.decode(l, false);
-      forwardBlock(gpu, this.block(l), b.x, this.scratch);
-    }
-    rmsnorm(gpu, b.x.all, this.finalNorm.all, b.hF.all, H, T, eps);
-    if (backward) transposeGpu(gpu, b.hF.all, b.hTok.all, H, T);
-    const { maxBinding, align } = gpu.limits;
-    for (const c of rowChunks(T, V * 4, Math.min(maxBinding, this.logitRows * V * 4), align)) {
-      // logits [rows, V] = hF[:, rows]^T lm_head^T
-      matmul(gpu, {
-        M: c.rows,
-        N: V,
-        K: H,
-        a: b.hF.buffer,
-        aOffset: c.row0,
-        lda: T,
-        b: this.headT.buffer,
-        ldb: V,
-        c: b.logits.buffer,
-        ldc: V,
-      });
-      const logits = b.logits.rows(0, c.rows);
-      if (!backward) {
-        nll(gpu, logits, b.targets.all, b.loss.all, c.rows, V, c.row0);
-        continue;
-      }
-      if (teacher) {
-        softXent(gpu, {
-          logits,
-          targets: b.targets.all,
-          teacherIds: teacher.ids.all,
-          teacherProbs: teacher.probs.all,
-          loss: b.loss.all,
-          T: c.rows,
-          V,
-          k: teacher.k,
-          weight: this.kdWeight,
-          scale,
-          t0: c.row0,
+    try {
+      rmsnorm(gpu, b.x.all, this.finalNorm.all, b.hF.all, H, T, eps);
+      if (backward) transposeGpu(gpu, b.hF.all, b.hTok.all, H, T);
+      const { maxBinding, align } = gpu.limits;
+      for (const c of rowChunks(T, V * 4, Math.min(maxBinding, this.logitRows * V * 4), align)) {
+        // logits [rows, V] = hF[:, rows]^T lm_head^T
+        matmul(gpu, {
+          M: c.rows,
+          N: V,
+          K: H,
+          a: b.hF.buffer,
+          aOffset: c.row0,
+          lda: T,
+          b: this.headT.buffer,
+          ldb: V,
+          c: b.logits.buffer,
+          ldc: V,
         });
-      } else {
-        nll(gpu, logits, b.targets.all, b.loss.all, c.rows, V, c.row0);
-        softmaxXentBackward(gpu, logits, b.targets.all, logits, c.rows, V, scale, c.row0);
-      }
-      if (this.headP) {
-        // d lm_head^T [H, V] += hTok[rows, H]^T dlogits[rows, V]
+        const logits = b.logits.rows(0, c.rows);
+        if (!backward) {
+          nll(gpu, logits, b.targets.all, b.loss.all, c.rows, V, c.row0);
+          continue;
+        }
+        if (teacher) {
+          softXent(gpu, {
+            logits,
+            targets: b.targets.all,
+            teacherIds: teacher.ids.all,
+            teacherProbs: teacher.probs.all,
+            loss: b.loss.all,
+            T: c.rows,
+            V,
+            k: teacher.k,
+            weight: this.kdWeight,
+            scale,
+            t0: c.row0,
+          });
+        } else {
+          nll(gpu, logits, b.targets.all, b.loss.all, c.rows, V, c.row0);
+          softmaxXentBackward(gpu, logits, b.targets.all, logits, c.rows, V, scale, c.row0);
+        }
+        if (this.headP) {
+          // d lm_head^T [H, V] += hTok[rows, H]^T dlogits[rows, V]
+          matmul(gpu, {
+            M: H,
+            N: V,
+            K: c.rows,
+            a: b.hTok.buffer,
+            aOffset: c.row0 * H,
+            lda: H,
+            b: b.logits.buffer,
+            ldb: V,
+            c: this.headP.grad.buffer,
+            ldc: V,
+            accumulate: true,
+          });
+        }
+        // dhF[:, rows] = W^T-contraction: sum_v W[v, h] dlogits[t, v]
+        transposeGpu(
+          gpu,
+          logits,
+          { buffer: b.dlT.buffer, offset: 0, size: V * c.rows * 4 },
+          c.rows,
+          V,
+        );
         matmul(gpu, {
           M: H,
-          N: V,
-          K: c.rows,
-          a: b.hTok.buffer,
-          aOffset: c.row0 * H,
+          N: c.rows,
+          K: V,
+          a: this.headW.buffer,
           lda: H,
-          b: b.logits.buffer,
-          ldb: V,
-          c: this.headP.grad.buffer,
-          ldc: V,
-          accumulate: true,
+          b: b.dlT.buffer,
+          ldb: c.rows,
+          c: b.dhF.buffer,
+          cOffset: c.row0,
+          ldc: T,
         });
       }
-      // dhF[:, rows] = W^T-contraction: sum_v W[v, h] dlogits[t, v]
-      transposeGpu(
-        gpu,
-        logits,
-        { buffer: b.dlT.buffer, offset: 0, size: V * c.rows * 4 },
-        c.rows,
-        V,
-      );
-      matmul(gpu, {
-        M: H,
-        N: c.rows,
-        K: V,
-        a: this.headW.buffer,
-        lda: H,
-        b: b.dlT.buffer,
-        ldb: c.rows,
-        c: b.dhF.buffer,
-        cOffset: c.row0,
-        ldc: T,
-      });
+      const lossValues = new Float32Array(await gpu.read(b.loss.buffer, 0, T * 4));
+      let sum = 0;
+      for (let t = 0; t < T; t++) if (targets[t] !== NO_TARGET) sum += lossValues[t];
+      if (backward) {
+        rmsnormBackward(gpu, b.x.all, this.finalNorm.all, b.dhF.all, dy.all, H, T, eps, {
+          dw: this.finalNormP?.grad.all,
+          rstd: b.rstd.all,
+        });
+      }
+      return sum;
+    } finally {
+      teacher?.ids.release();
+      teacher?.probs.release();
     }
-    const lossValues = new Float32Array(await gpu.read(b.loss.buffer, 0, T * 4));
-    let sum = 0;
-    for (let t = 0; t < T; t++) if (targets[t] !== NO_TARGET) sum += lossValues[t];
-    if (!backward) return sum;
-
-    rmsnormBackward(gpu, b.x.all, this.finalNorm.all, b.dhF.all, b.dA.all, H, T, eps, {
-      dw: this.finalNormP?.grad.all,
-      rstd: b.rstd.all,
-    });
-    // Blocks in reverse: decode, recompute the forward with keep, then the backward.
-    let dy = b.dA, dx = b.dB;
-    for (let l = cfg.layers - 1; l >= 0; l--) {
-      const L = this.layers[l];
-      const byKind = Object.fromEntries(L.books.map((k) => [k.kind, k])) as Record<
-        LinearKind,
-        Book
-      >;
-      gpu.copy(this.layerIn[l].buffer, 0, b.y.buffer, 0, bytes);
-      this.decode(l, true);
-      forwardBlock(gpu, this.block(l), b.y, this.scratch, this.keep);
-      backwardBlock(gpu, this.block(l), this.scratch, this.keep, this.bs, dy, {
-        w: this.w,
-        // Block 0's input gradient is needed only for its input-norm gradient (frozen embedding).
-        dx: l > 0 || L.inputNormP ? dx : undefined,
-        dInputNorm: L.inputNormP?.grad,
-        dPostNorm: L.postNormP?.grad,
-        onWeightGrad: (kind: LinearKind, dwT: BufferRange) =>
-          codebookGrad(gpu, dwT, byKind[kind].index, byKind[kind].p.grad.all, {
-            accumulate: true,
-          }),
-      });
-      [dy, dx] = [dx, dy];
-    }
-    if (teacher) {
-      teacher.ids.release();
-      teacher.probs.release();
-    }
-    return sum;
   }
+}
+
+/** A code index's host-held arrays without what only its upload needed (positions, pieces, slotOffsets). */
+function slim(index: CodeIndex): CodeIndex {
+  const none = new Uint32Array(0);
+  return { ...index, positions: none, pieces: none, slotOffsets: none };
+}
+
+/** Per linear of a layer: the code index's sizes (u32 counts) at the piece upper bound. */
+function indexSizes(
+  cfg: ModelConfig,
+  shapes: CodebookShapes | Record<LinearKind, CodebookShapes>,
+  maxBinding: number,
+) {
+  const limits = { maxBinding, align: 256 } as GpuLimits;
+  return linearNames(0, cfg).map((lin) => {
+    const { d, n, splits } = "d" in shapes ? shapes : shapes[lin.kind];
+    const entries = splits * n;
+    const cols = Math.ceil(lin.out / d), items = lin.in * cols;
+    const chunkRows = codeChunkRows(limits, lin.in, lin.out);
+    const chunks = Math.ceil(lin.in / chunkRows);
+    const pieces = Math.min(items, chunks * entries) + Math.floor(items / PIECE_ITEMS);
+    return {
+      inDim: lin.in,
+      out: lin.out,
+      d,
+      entries,
+      chunks,
+      pieces,
+      items,
+      ix: pieces * 3 + entries + 1,
+    };
+  });
 }
 
 /** Token rows per logits chunk: [rows, V] within one binding. */

@@ -23,15 +23,9 @@ import { readText } from "../io/text.ts";
 import type { Tokenizer } from "../io/tokenizer.ts";
 import { Rng } from "../util/rng.ts";
 
-/** One training window (structurally the trainer's TrainWindow). */
-export interface TrainWindow {
-  /** seqlen + 1 token ids: inputs ids[0..T-1], next-token targets ids[1..T]. */
-  ids: Int32Array;
-  /** [T]: 1 where target t counts; absent = all count. */
-  mask?: Uint8Array;
-  /** Top-k teacher distribution per position: ids and probs [T * k], most probable first. */
-  teacher?: { k: number; ids: Int32Array; probs: Float32Array };
-}
+import type { TrainWindow } from "./codebook_trainer.ts";
+
+export type { TrainWindow };
 
 export type DataFormat = "text" | "jsonl" | "alpaca";
 

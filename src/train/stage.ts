@@ -55,6 +55,8 @@ export interface TrainInput {
   train: TrainWindow[];
   eval: TrainWindow[];
   settings: TrainSettings;
+  /** GPU bytes the trainer may hold: over it, the code indexes stay on the host. */
+  gpuMemory: number;
 }
 
 const Progress = z.object({
@@ -129,7 +131,14 @@ export async function trainStage(
     trainHead: s.trainHead,
     kdWeight: s.kdWeight,
     weightDecay: s.weightDecay,
+    // A step's windows go layer by layer together, so an offloaded index moves twice per step.
+    batch: s.batch,
+    indexOnHost: "auto",
+    gpuMemory: inp.gpuMemory,
   });
+  if (trainer.indexOnHost) {
+    runner.progress.note("train", "code indexes kept on the host (over the GPU memory budget)");
+  }
   try {
     const evalNll = () => trainer.evaluate(inp.eval);
     // Where training stands: the initial evaluation, then each finished segment.

@@ -4,7 +4,7 @@
 import assert from "node:assert/strict";
 import { evaluatePerplexity } from "../../src/eval/perplexity.ts";
 import { getGpu } from "../../src/gpu/device.ts";
-import { linearNames, loadConfig, type ModelConfig } from "../../src/io/config.ts";
+import { linearNames, loadConfig, loadConfigFile, type ModelConfig } from "../../src/io/config.ts";
 import { BlockScratch } from "../../src/model/block.ts";
 import { compress } from "../../src/pipeline/compress.ts";
 import { join } from "node:path";
@@ -257,4 +257,26 @@ Deno.test("memplan: a host-memory cap below the activation streams leaves a few 
   assert.ok(capped.note.includes("streamed"), capped.note);
   assert.equal(capped.gpu_bytes, free.gpu_bytes);
   assert.equal(capped.disk_bytes, free.disk_bytes);
+});
+
+Deno.test("memplan: whole-model training of Llama-2-70B fits 48 GB with the code indexes on the host", async () => {
+  const root = new URL("../../fixtures/configs/", import.meta.url).pathname;
+  const plan = (file: string) =>
+    loadConfigFile(`${root}${file}`).then((cfg) =>
+      planMemory(cfg, {
+        ...SETTINGS,
+        d: 8,
+        n: 65536,
+        splits: 1,
+        gpuMemory: 48e9,
+        maxBinding: 2 ** 31,
+        train: { seqlen: 512, windows: 1000, topk: 64, batch: 8 },
+      }).find((p) => p.stage === "train")!
+    );
+  const big = await plan("llama-2-70b.json");
+  assert.ok(big.fits && big.gpu_bytes <= 48e9, `70B train row: ${big.gpu_bytes} bytes`);
+  assert.match(big.note, /code indexes on the host/);
+  const small = await plan("llama-2-7b.json");
+  assert.ok(small.fits);
+  assert.match(small.note, /code indexes on the GPU/);
 });

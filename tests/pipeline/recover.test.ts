@@ -3,10 +3,10 @@
 // codebooks; with a learning rate of 0 (a test of the test) the folder equals the one without
 // recovery.
 import assert from "node:assert/strict";
-import { decodeSafetensors } from "../../src/io/safetensors.ts";
 import { compress, type CompressSettings } from "../../src/pipeline/compress.ts";
 import { Progress } from "../../src/util/progress.ts";
 import { KJV, quickSettings } from "../settings.ts";
+import { changedTensors, folderTensors } from "../util.ts";
 
 function recoverSettings(dir: string, lr: number): CompressSettings {
   const s = quickSettings(KJV, dir, { bits: 1.5 }, { finetune: true });
@@ -38,19 +38,6 @@ function recoverSettings(dir: string, lr: number): CompressSettings {
   };
 }
 
-async function tensors(dir: string): Promise<Map<string, Uint8Array>> {
-  const out = new Map<string, Uint8Array>();
-  for await (const e of Deno.readDir(dir)) {
-    if (!e.name.endsWith(".safetensors")) continue;
-    const p = `${dir}/${e.name}`;
-    for (const t of decodeSafetensors(await Deno.readFile(p), p)) out.set(t.name, t.data);
-  }
-  return out;
-}
-
-const same = (a: Uint8Array, b: Uint8Array) =>
-  a.length === b.length && a.every((v, i) => v === b[i]);
-
 Deno.test("compress --recover: distillation lowers the held-out NLL and changes only codebooks", async () => {
   const dir = await Deno.makeTempDir({ prefix: "cluscomp-recover-" });
   const plain = await compress(
@@ -64,13 +51,12 @@ Deno.test("compress --recover: distillation lowers the held-out NLL and changes 
   );
   assert.ok(rep.bestNll < rep.initialNll, "distillation must lower the held-out NLL");
   assert.ok(rep.bestStep > 0);
-  const a = await tensors(plain.out), b = await tensors(r.out);
-  const diff = [...a.keys()].filter((k) => !same(a.get(k)!, b.get(k)!));
+  const a = await folderTensors(plain.out);
+  const diff = changedTensors(a, await folderTensors(r.out));
   assert.ok(diff.length > 0 && diff.every((k) => k.endsWith(".codebook")), diff.join(", "));
   // Test of the test: nothing learned, nothing changed.
   const r0 = await compress(recoverSettings(`${dir}/rec0`, 0), new Progress(true));
   assert.equal(r0.recover!.report.bestStep, 0);
-  const c = await tensors(r0.out);
-  assert.deepEqual([...a.keys()].filter((k) => !same(a.get(k)!, c.get(k)!)), []);
+  assert.deepEqual(changedTensors(a, await folderTensors(r0.out)), []);
   await Deno.remove(dir, { recursive: true });
 });

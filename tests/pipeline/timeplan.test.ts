@@ -81,6 +81,21 @@ const EXPECTED_SECONDS: Record<string, number> = {
 const close = (a: number, b: number, what: string) =>
   assert.ok(Math.abs(a - b) <= 1e-9 * Math.abs(b), `${what}: ${a} != ${b}`);
 
+Deno.test("stageWork: teacher and train rows, one epoch over the training windows", async () => {
+  const cfg = await loadConfig(KJV);
+  const P = cfg.hidden * (2 * cfg.hidden + 2 * cfg.kvHeads * cfg.headDim) +
+    3 * cfg.hidden * cfg.intermediate;
+  const T = 16, W = 10;
+  const fwd = cfg.layers * (2 * P * T + 4 * cfg.heads * cfg.headDim * T * T) +
+    2 * cfg.vocab * cfg.hidden * T;
+  const w = Object.fromEntries(
+    stageWork(cfg, { ...S, train: { seqlen: T, windows: W } }).map((x) => [x.stage, x]),
+  );
+  assert.equal(w.teacher.matmul_flops, W * fwd);
+  assert.equal(w.train.matmul_flops, 5 * W * fwd);
+  assert.equal(w.train.kmeans_evals + w.train.codebook_flops + w.train.dense_bytes, 0);
+});
+
 Deno.test("stageWork: hand counts on kjv-llama", async () => {
   const cfg = await loadConfig(KJV);
   const w = Object.fromEntries(stageWork(cfg, S).map((x) => [x.stage, x]));

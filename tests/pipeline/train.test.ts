@@ -3,12 +3,12 @@
 // change, a SIGKILLed run resumes to the same bytes, Alpaca data and distillation run, and bad
 // input is one error line with no output.
 import assert from "node:assert/strict";
-import { decodeSafetensors } from "../../src/io/safetensors.ts";
 import { finetuneModel, type FinetuneModelSettings } from "../../src/pipeline/train.ts";
 import { Progress } from "../../src/util/progress.ts";
 import { assertOneErrorLine } from "../cli/errors.ts";
 import { compressedFolder } from "../model/compressed_folder.ts";
 import { KJV } from "../settings.ts";
+import { changedTensors, folderTensors } from "../util.ts";
 import { runTask, runUntil } from "./run.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
@@ -61,25 +61,6 @@ function settings(
   };
 }
 
-/** Every tensor of a folder's shards, name -> bytes. */
-async function tensors(dir: string): Promise<Map<string, Uint8Array>> {
-  const out = new Map<string, Uint8Array>();
-  for await (const e of Deno.readDir(dir)) {
-    if (!e.name.endsWith(".safetensors")) continue;
-    const p = `${dir}/${e.name}`;
-    for (const t of decodeSafetensors(await Deno.readFile(p), p)) out.set(t.name, t.data);
-  }
-  return out;
-}
-
-function changed(a: Map<string, Uint8Array>, b: Map<string, Uint8Array>): string[] {
-  assert.deepEqual([...a.keys()].sort(), [...b.keys()].sort());
-  return [...a.keys()].filter((k) => {
-    const x = a.get(k)!, y = b.get(k)!;
-    return x.length !== y.length || x.some((v, i) => v !== y[i]);
-  }).sort();
-}
-
 Deno.test("finetune: the held-out NLL falls and only codebooks change; with lr 0 nothing does", async () => {
   const model = await compressedFolder(KJV);
   const dir = await Deno.makeTempDir({ prefix: "cluscomp-train-" });
@@ -94,8 +75,8 @@ Deno.test("finetune: the held-out NLL falls and only codebooks change; with lr 0
   assert.ok(r.report.bestNll < r.report.initialNll, "held-out NLL must fall below the input's");
   assert.ok(r.report.bestStep > 0);
   assert.ok(r.ppl_after < r.ppl_before);
-  const before = await tensors(model), after = await tensors(`${dir}/out`);
-  const diff = changed(before, after);
+  const before = await folderTensors(model), after = await folderTensors(`${dir}/out`);
+  const diff = changedTensors(before, after);
   assert.ok(diff.length > 0 && diff.every((n) => n.endsWith(".codebook")), diff.join(", "));
   for (const f of ["train_report.json", "train_report.md", "train_loss.svg"]) {
     assert.ok((await Deno.stat(`${dir}/out/${f}`)).size > 0, f);
@@ -108,7 +89,7 @@ Deno.test("finetune: the held-out NLL falls and only codebooks change; with lr 0
   );
   assert.equal(r0.report.bestStep, 0);
   assert.ok(r0.report.evals.every((e) => e.nll === r0.report.initialNll));
-  assert.deepEqual(changed(before, await tensors(`${dir0}/out`)), []);
+  assert.deepEqual(changedTensors(before, await folderTensors(`${dir0}/out`)), []);
   await Deno.remove(dir, { recursive: true });
   await Deno.remove(dir0, { recursive: true });
 });
@@ -150,7 +131,7 @@ Deno.test("finetune: a run SIGKILLed after a checkpoint resumes to the same byte
   assert.equal(rerun.code, 0, rerun.stderr);
   assert.match(rerun.stderr, /"stage":"train","done":1,"total":3,"step":2,"resumed":"yes"/);
   assert.deepEqual(
-    changed(await tensors(`${dir}/whole`), await tensors(`${dir}/resumed`)),
+    changedTensors(await folderTensors(`${dir}/whole`), await folderTensors(`${dir}/resumed`)),
     [],
     "the resumed run writes the same tensors",
   );

@@ -1,16 +1,23 @@
 // Whole-model codebook training on a compressed kjv-llama (tests/model/compressed_folder.ts):
 // codebook and norm gradients against the dense Trainer's weight gradients reduced over the
 // codes, the held-out NLL falls with training (and not with lr 0), masked positions contribute
-// nothing, a one-hot teacher equals hard CE, state()/load() round-trips, and gpuBytes matches
-// what the trainer allocates.
+// nothing, a one-hot teacher equals hard CE, state()/load() round-trips, layer-major passes and
+// host-held code indexes (indexOnHost) give byte-identical results to one window at a time with
+// resident indexes, gpuBytes / hostBytes match what the trainer allocates in both modes, and
+// Llama-2-70B fits 48 GB with indexOnHost.
 import assert from "node:assert/strict";
+import { fileURLToPath } from "node:url";
 import { getGpu } from "../../src/gpu/device.ts";
-import { type LinearKind, linearNames } from "../../src/io/config.ts";
+import { type LinearKind, linearNames, loadConfigFile } from "../../src/io/config.ts";
 import { Tokenizer } from "../../src/io/tokenizer.ts";
 import { openModel } from "../../src/format/open.ts";
 import type { ClusterModule } from "../../src/format/compressed.ts";
 import { unpackCodes } from "../../src/io/pack.ts";
-import { CodebookTrainer, type TrainWindow } from "../../src/train/codebook_trainer.ts";
+import {
+  CodebookTrainer,
+  type CodebookTrainOptions,
+  type TrainWindow,
+} from "../../src/train/codebook_trainer.ts";
 import { Trainer } from "../../src/train/trainer.ts";
 import { transpose } from "../../src/util/matrix.ts";
 import { compressedFolder } from "../model/compressed_folder.ts";
@@ -240,6 +247,59 @@ Deno.test("a one-hot teacher equals hard CE; state()/load() gives the same next 
   }
 });
 
+/** Loss, every gradient, the codebooks after one step and the NLL of `batch` under `opts`. */
+async function runOnce(batch: TrainWindow[], opts: Partial<CodebookTrainOptions>) {
+  const gpu = await getGpu();
+  const dir = await compressedFolder(KJV);
+  const tr = await CodebookTrainer.fromFolder(gpu, dir, {
+    seqlen: T,
+    trainNorms: true,
+    trainHead: true,
+    kdWeight: 0.7,
+    ...opts,
+  });
+  try {
+    const loss = await tr.computeGradients(batch);
+    const grads = new Map<string, Float32Array>();
+    for (const n of (await tr.trained()).keys()) grads.set(n, await tr.gradient(n));
+    const uploaded = tr.bytesUploaded;
+    tr.applyUpdate(1e-3);
+    const after = await tr.trained();
+    const ev = await tr.evaluate(batch);
+    return { loss, grads, after, ev, uploaded, indexOnHost: tr.indexOnHost };
+  } finally {
+    tr.release();
+  }
+}
+
+Deno.test("layer-major passes and host-held indexes are byte-identical to one window at a time", async () => {
+  const batch = await windows("calib.txt", 3);
+  batch[1].mask = Uint8Array.from({ length: T }, (_, t) => (t % 3 ? 1 : 0));
+  const k = 2;
+  batch[2].teacher = {
+    k,
+    ids: Int32Array.from({ length: T * k }, (_, j) => (j * 37) % 1024),
+    probs: Float32Array.from({ length: T * k }, (_, j) => (j % 2 ? 0.3 : 0.5)),
+  };
+  // The reference: resident indexes, one window per pass (the window-major order).
+  const ref = await runOnce(batch, {});
+  assert.equal(ref.uploaded, 0);
+  assert.equal(ref.indexOnHost, false);
+  const uploads: number[] = [];
+  for (const opts of [{ indexOnHost: true, batch: 2 }, { indexOnHost: true, batch: 3 }]) {
+    const got = await runOnce(batch, opts);
+    const what = JSON.stringify(opts);
+    assert.equal(got.indexOnHost, true);
+    assert.equal(got.loss, ref.loss, `${what}: loss`);
+    for (const [n, g] of ref.grads) assert.deepEqual(got.grads.get(n), g, `${what}: grad ${n}`);
+    for (const [n, t] of ref.after) assert.deepEqual(got.after.get(n), t, `${what}: stepped ${n}`);
+    assert.deepEqual(got.ev, ref.ev, `${what}: evaluate`);
+    uploads.push(got.uploaded);
+  }
+  // Two passes upload every layer but the current one twice more than one pass does.
+  assert.ok(uploads[1] > 0 && uploads[0] > uploads[1], `uploads ${uploads}`);
+});
+
 Deno.test("gpuBytes equals the GPU bytes the trainer holds", async () => {
   const gpu = await getGpu();
   const dir = await compressedFolder(KJV);
@@ -248,14 +308,63 @@ Deno.test("gpuBytes equals the GPU bytes the trainer holds", async () => {
   for (const lin of linearNames(0, m.cfg)) {
     shapes[lin.kind] = m.quant!.modules[lin.name.replace(/\.weight$/, "")] as ClusterModule;
   }
-  for (const opts of [{}, { trainNorms: true, trainHead: true }]) {
+  const max = gpu.limits.maxBinding;
+  for (
+    const opts of [
+      {},
+      { trainNorms: true, trainHead: true },
+      { indexOnHost: true, batch: 3 },
+      { trainNorms: true, trainHead: true, indexOnHost: true, batch: 2 },
+    ]
+  ) {
     const before = gpu.bytesLive;
     const tr = await CodebookTrainer.fromFolder(gpu, dir, { seqlen: T, ...opts });
-    const held = gpu.bytesLive - before;
+    const held = gpu.bytesLive - before, host = tr.hostBytesHeld;
     tr.release();
-    const want = CodebookTrainer.gpuBytes(m.cfg, shapes, T, gpu.limits.maxBinding, opts);
-    console.log(`gpuBytes ${want}, held ${held} (${JSON.stringify(opts)})`);
+    const want = CodebookTrainer.gpuBytes(m.cfg, shapes, T, max, opts);
+    const wantHost = CodebookTrainer.hostBytes(m.cfg, shapes, max, opts);
+    console.log(
+      `gpuBytes ${want}, held ${held}; hostBytes ${wantHost}, held ${host} (${
+        JSON.stringify(opts)
+      })`,
+    );
     assert.ok(Math.abs(want - held) <= 0.1 * held, `gpuBytes ${want} vs held ${held}`);
+    assert.ok(Math.abs(wantHost - host) <= 0.1 * host, `hostBytes ${wantHost} vs held ${host}`);
     assert.equal(gpu.bytesLive, before, "release() frees everything");
+  }
+  // The offloaded index is most of the small model's GPU bytes: "auto" offloads below the
+  // resident bytes and not at them.
+  const resident = CodebookTrainer.gpuBytes(m.cfg, shapes, T, max);
+  assert.ok(CodebookTrainer.gpuBytes(m.cfg, shapes, T, max, { indexOnHost: true }) < resident);
+  for (const [gpuMemory, offload] of [[resident - 1, true], [resident, false]] as const) {
+    const tr = await CodebookTrainer.fromFolder(gpu, dir, {
+      seqlen: T,
+      indexOnHost: "auto",
+      gpuMemory,
+    });
+    tr.release();
+    assert.equal(tr.indexOnHost, offload, `auto with ${gpuMemory} bytes`);
+  }
+});
+
+Deno.test("Llama-2-70B codebook training (d 8, n 65536, seqlen 512) fits 48 GB with indexOnHost", async () => {
+  const cfg = await loadConfigFile(
+    fileURLToPath(new URL("../../fixtures/configs/llama-2-70b.json", import.meta.url)),
+  );
+  const shapes = { d: 8, n: 65536, splits: 1 }, max = 2 ** 31, T = 512;
+  const resident = CodebookTrainer.gpuBytes(cfg, shapes, T, max);
+  assert.ok(resident > 48e9, `resident ${resident}`);
+  for (const batch of [1, 4, 8]) {
+    const opts = { batch, indexOnHost: true };
+    const bytes = CodebookTrainer.gpuBytes(cfg, shapes, T, max, opts);
+    const host = CodebookTrainer.hostBytes(cfg, shapes, max, opts);
+    const up = CodebookTrainer.uploadBytes(cfg, shapes, max, batch, opts);
+    console.log(
+      `70B batch ${batch}: GPU ${(bytes / 1e9).toFixed(2)} GB (resident ${
+        (CodebookTrainer.gpuBytes(cfg, shapes, T, max, { batch }) / 1e9).toFixed(2)
+      } GB), host ${(host / 1e9).toFixed(2)} GB, uploaded per step of ${batch} windows ` +
+        `${(up / 1e9).toFixed(1)} GB`,
+    );
+    assert.ok(bytes <= 40e9, `batch ${batch}: ${bytes} bytes`);
   }
 });
