@@ -39,6 +39,7 @@ const DRIFT: f32 = 1e-6;
 // Flags.
 const FIRST: u32 = 1u;  // scan: the points' first range, start from no candidate
 const LISTED: u32 = 2u; // points come from list[p.loff ..], not rows 0 .. count-1
+const GPUCOUNT: u32 = 4u; // scan, finish: the count is min(p.count, gcnt[p.cidx]), set on the GPU
 
 struct Params {
   count: u32,  // points to process: slots (scan, finish) or rows (bounds)
@@ -51,6 +52,7 @@ struct Params {
   loff: u32,   // scan, finish: offset of the point list in `list`
   rows: u32,   // rows of the chunk
   jn: u32,     // bounds: centroids in J (bounded one by one)
+  cidx: u32,   // scan, finish with GPUCOUNT: index of the count in gcnt
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -64,6 +66,16 @@ struct Params {
                     // group drift outside J; J's start in each group (integers); lower bounds
                     // on |c_a - c_J[k]| [n, jn]
 @group(0) @binding(8) var<storage, read_write> cnt: array<atomic<u32>>; // [G + 1] list lengths
+@group(0) @binding(9) var<storage, read> gcnt: array<u32>;         // the same counts, read
+                    // by scan and finish (GPUCOUNT), so the host need not read them back
+
+/** Points this scan or finish dispatch processes. */
+fn count() -> u32 {
+  if ((p.flags & GPUCOUNT) != 0u) {
+    return min(p.count, gcnt[p.cidx]);
+  }
+  return p.count;
+}
 
 /** An upper bound on the true distance whose squared f32 evaluation is e. */
 fn upper(e: f32) -> f32 {
@@ -85,7 +97,10 @@ fn group_of(c: u32) -> u32 {
   return ((c + 1u) * p.groups - 1u) / p.n;
 }
 
-/** Row of the point at slot `slot` (clamped into range; callers skip the write when out). */
+/**
+ * Row of the point at slot `slot` (clamped into the dispatch's capacity p.count; callers skip
+ * the write past the count). Past a GPU-set count, list entries are stale but valid rows.
+ */
 fn row(slot: u32) -> u32 {
   let s = min(slot, p.count - 1u);
   if ((p.flags & LISTED) != 0u) {
@@ -134,7 +149,11 @@ fn merge(q: u32, b: f32, s: f32, i: u32) {
 // the loop matters: a per-step group check in the loop made it three times slower.)
 @compute @workgroup_size(WG)
 fn scan(@builtin(workgroup_id) w: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+  let nc = count();
   let base = (w.x + w.y * p.stride) * (WG * ${P}u) + li;
+  // Whole workgroups past the count (a GPU-sized list) scan nothing. (An early return here
+  // made Mesa take 10+ s to compile this kernel for some D.)
+  let cend = select(p.c1, p.c0, base - li >= nc);
 //#for j < P
   let q${j} = row(base + ${j}u * WG);
 //#for k < D
@@ -144,7 +163,7 @@ fn scan(@builtin(workgroup_id) w: vec3<u32>, @builtin(local_invocation_index) li
   var s${j} = BIG;
   var i${j} = 0u;
 //#end
-  for (var c = p.c0; c < p.c1; c++) {
+  for (var c = p.c0; c < cend; c++) {
 //#for k < D
     let c${k} = cent[c * D + ${k}u];
 //#end
@@ -160,7 +179,7 @@ fn scan(@builtin(workgroup_id) w: vec3<u32>, @builtin(local_invocation_index) li
 //#end
   }
 //#for j < P
-  if (base + ${j}u * WG < p.count) {
+  if (base + ${j}u * WG < nc) {
     merge(q${j}, b${j}, s${j}, i${j});
   }
 //#end
@@ -171,7 +190,8 @@ fn scan(@builtin(workgroup_id) w: vec3<u32>, @builtin(local_invocation_index) li
 @compute @workgroup_size(256)
 fn finish(@builtin(global_invocation_id) gid: vec3<u32>) {
   let slot = gid.x + gid.y * p.stride;
-  if (slot >= p.count) {
+  let nc = count();
+  if (slot >= nc) {
     return;
   }
   let R = p.rows;

@@ -3,6 +3,7 @@ import { existsSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { benchFolder, benchGenerate } from "../src/bench/generate.ts";
 import { benchLinear, linearBenchOptions } from "../src/bench/codebook_linear.ts";
+import { benchCompress } from "../src/bench/compress.ts";
 import { benchEval } from "../src/bench/eval.ts";
 import { benchFinetuneStep } from "../src/bench/finetune.ts";
 import { benchKmeans } from "../src/bench/kmeans.ts";
@@ -74,6 +75,12 @@ await runMain(async (argv) => {
     const kjv = fileURLToPath(new URL("../fixtures/kjv-llama", import.meta.url));
     const folder = await benchFolder(kjv, quick ? 2 : 10);
     emit(await benchTrain(gpu, kjv, folder, `${kjv}/calib.txt`, 128, 4, quick ? 2 : 10));
+  }
+  if (want("compress")) {
+    // End to end without finetuning (process start included) against faiss on the same matrices.
+    const dir = `${shared}/fixtures/tinyllama-6.8m`;
+    if (existsSync(dir)) emit(await benchCompress(dir, 8, 1024, quick ? 5 : 20));
+    else console.error(`bench: ${dir} missing, compress skipped`);
   }
   if (want("timeplan")) emit({ name: "timeplan", ...(await measureThroughput(gpu)) });
   if (want("quality")) {

@@ -1,5 +1,8 @@
 // Finetuning step throughput: forward with kept activations, MSE gradient, backward to the
-// codebooks, AdamW and re-decode, for one block of a real model on random codes.
+// codebooks, AdamW and re-decode, for one block of a real model on random codes; beside it, when
+// Debian's python3-torch is installed, bench/peers/torch_block_finetune.py (PyTorch eager on the
+// same block, window and steps; never a dependency).
+import { fileURLToPath } from "node:url";
 import { type CodebookData, StudentBlock } from "../finetune/student.ts";
 import type { Gpu } from "../gpu/device.ts";
 import { Tensor } from "../gpu/tensor.ts";
@@ -53,22 +56,79 @@ export async function benchFinetuneStep(
   step();
   await gpu.sync();
   const times: number[] = [];
+  const d0 = gpu.dispatches;
   for (let i = 0; i < steps; i++) {
     const t0 = performance.now();
     step();
     await gpu.sync();
     times.push(performance.now() - t0);
   }
+  const dispatches = (gpu.dispatches - d0) / steps;
   times.sort((a, b) => a - b);
   const median = times[times.length >> 1];
   x.release();
   want.release();
   s.release();
+  const tokensPerS = T / (median / 1000);
+  const peer = await torchBlockFinetune(modelDir, T, steps, d, n);
   return {
     name: "finetune_step",
     model: modelDir.split("/").pop(),
     shapes: `1 block, ${T} tokens, d=${d} n=${n}`,
     median_ms: median,
-    tokens_per_s: T / (median / 1000),
+    min_ms: times[0],
+    tokens_per_s: tokensPerS,
+    dispatches_per_step: dispatches,
+    ...(peer
+      ? {
+        torch_median_ms: peer.median_ms,
+        torch_min_ms: peer.min_ms,
+        torch_tokens_per_s: peer.tokens_per_s,
+        torch: peer.peer,
+        // Medians, and best steps (the machine is shared: the minimum is the steadier figure).
+        ratio_vs_torch: tokensPerS / (peer.tokens_per_s as number),
+        ratio_vs_torch_min: (peer.min_ms as number) / times[0],
+      }
+      : {}),
   };
+}
+
+const PEER = fileURLToPath(new URL("../../bench/peers/torch_block_finetune.py", import.meta.url));
+
+/** The PyTorch peer's JSON line, or null (with a message) when /usr/bin/python3 lacks torch. */
+export async function torchBlockFinetune(
+  modelDir: string,
+  T: number,
+  steps: number,
+  d: number,
+  n: number,
+): Promise<Record<string, unknown> | null> {
+  // Debian's OpenBLAS as it tunes itself: no core type or cache size forced.
+  const env = Deno.env.toObject();
+  delete env.OPENBLAS_CORETYPE;
+  delete env.OPENBLAS_L2_SIZE;
+  const run = (args: string[]) =>
+    new Deno.Command("/usr/bin/python3", {
+      args,
+      env,
+      clearEnv: true,
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+  try {
+    const probe = await run(["-c", "import torch"]);
+    if (probe.code !== 0) throw new Error("no torch");
+  } catch {
+    console.error(
+      "bench: /usr/bin/python3 has no torch (apt install python3-torch): torch peer skipped",
+    );
+    return null;
+  }
+  const out = await run([PEER, modelDir, `${T}`, `${steps}`, `${d}`, `${n}`]);
+  const dec = new TextDecoder();
+  if (out.code !== 0) {
+    console.error(`bench: torch peer failed: ${dec.decode(out.stderr).trim()}`);
+    return null;
+  }
+  return JSON.parse(dec.decode(out.stdout).trim());
 }

@@ -8,7 +8,7 @@
 //
 // Acceleration, exact (Ding et al. 2015's Yinyang group bounds, Hamerly 2010's upper bound and
 // centroid gap): the initial centroids are put in k-d order so that G index ranges ("groups",
-// 16 by default) are compact in space. Each point carries, between iterations, one lower bound
+// 16 by default, up to 128 for large n) are compact in space. Each point carries, between iterations, one lower bound
 // per group on the distance to every centroid of the group other than its own centroid a. Each
 // pass computes u = |x - c_a| exactly (one distance per point) and shrinks each group's bound by
 // the group's largest centroid movement, except for the J (32) centroids that moved most in the
@@ -22,6 +22,13 @@
 // more than the f32 rounding error (see the shader), so a group or point is skipped only when
 // brute force's f32 scan would not pick it either: codes equal brute-force Lloyd's from the same
 // initialisation, which the tests check bit for bit.
+//
+// Round trips: the list lengths stay on the GPU (each group's scan is dispatched for every row
+// and reads its count there; they are copied to a history read once at the end), so a pass
+// costs one readback, the codes, which the host update needs. On llvmpipe a readback costs
+// ~13 ms whatever its size, so small runs (N * n * d <= HOST_MAX_WORK, backend "auto") assign on
+// the host instead (HostAssigner: the scan's f32 arithmetic step for step, with Elkan's and
+// Hamerly's bounds), with the same results and no GPU work at all.
 //
 // Determinism: a point's scan result does not depend on its slot, list position or dispatch;
 // every point meets centroids in increasing index order and ties go to the lowest index; the
@@ -53,12 +60,23 @@ export interface KmeansOptions {
    */
   centroidGap?: boolean;
   /**
-   * Most centroid groups for the bounds (a power of two, default 16): more groups filter better
-   * and cost 8 bytes per point each. Results do not depend on it.
+   * Most centroid groups for the bounds (a power of two; default defaultMaxGroups(n): 16, up to
+   * 128 for n >= 65,536): more groups filter better and cost 8 bytes per point each. Results do
+   * not depend on it.
    */
   maxGroups?: number;
   /** Receives per-assignment-pass counts at the end (benchmarks, tests). */
   onStats?: (stats: PassStats[]) => void;
+  /**
+   * Where the assignment runs. "gpu" (default): the kernels below. "host": the same f32
+   * arithmetic on the CPU (Elkan's and Hamerly's bounds when accelerated), with no GPU round
+   * trip and no GPU memory. "auto": the host when a pass is small (N * n * d <= HOST_MAX_WORK),
+   * where the GPU's fixed cost per readback (~13 ms on llvmpipe, one per pass) would dominate.
+   * Results are the same whichever runs (on llvmpipe, bit for bit; see HostAssigner). The
+   * default stays "gpu" because the memory planner (src/pipeline/memplan.ts) and its test take
+   * the cluster stage's GPU peak to be kmeansGpuBytes; planning's sample runs use "auto".
+   */
+  backend?: "auto" | "gpu" | "host";
 }
 
 export interface KmeansResult {
@@ -81,17 +99,30 @@ const BOUNDS_WG = 256;
 const BIG = 3.40282347e38;
 /** Most centroids bounded one by one (the fastest movers of each pass). */
 const MAX_J = 32;
-const FIRST = 1, LISTED = 2;
+const FIRST = 1, LISTED = 2, GPUCOUNT = 4;
 const MAX_RANGE = 60_000;
 /** Cells of the initial k-d order; any power of two up to this makes compact groups. */
 const KD_CELLS = 1024;
-/** Default most groups (memory: 8 bytes per point per group). */
+/**
+ * Default most groups (memory: 8 bytes per point per group): 16, and n / 512 up to 128 from
+ * n = 65,536 on. Measured (d = 4, 20 iterations, share of brute force's distances computed,
+ * llvmpipe): N = 1,048,576, n = 65,536: 16 groups 19.9%, 64 groups 11.6%, 128 groups 8.8% (and
+ * less wall time); N = 262,144, n = 16,384: 16 groups 18.5%, 32 groups 14.2%, 64 groups 10.8%,
+ * but 5-25% more time than 16 there (smaller groups, more per-group passes over the points).
+ */
 const MAX_GROUPS = 16;
+const MAX_GROUPS_LARGE = 128;
+const LARGE_N = 65_536;
+
+/** The default most groups for n centroids (see MAX_GROUPS). */
+export function defaultMaxGroups(n: number): number {
+  return n < LARGE_N ? MAX_GROUPS : Math.min(MAX_GROUPS_LARGE, 2 ** Math.floor(Math.log2(n / 512)));
+}
 /** Fewest centroids per group: each listed point is loaded once per group it is scanned in. */
 const MIN_GROUP = 64;
 
 /** Centroid groups G for n centroids: a power of two, 1 .. maxGroups. */
-export function groupCount(n: number, maxGroups = MAX_GROUPS): number {
+export function groupCount(n: number, maxGroups = defaultMaxGroups(n)): number {
   let g = 1;
   // (The shader computes g * n in u32.)
   while (g * 2 <= maxGroups && g * 2 <= KD_CELLS && g * 2 * MIN_GROUP <= n && g * 2 * n < 2 ** 32) {
@@ -110,22 +141,25 @@ function pointsPerInvocation(d: number): number {
   return d <= 8 ? 64 : 32;
 }
 
+const scratchF = new Float32Array(1);
+const scratchU = new Uint32Array(scratchF.buffer);
+
 /** f32 at or below v (v >= 0). */
 function roundDownF32(v: number): number {
   const f = Math.fround(v);
   if (f <= v) return f;
-  const b = new Float32Array([f]);
-  new Uint32Array(b.buffer)[0]--;
-  return b[0];
+  scratchF[0] = f;
+  scratchU[0]--;
+  return scratchF[0];
 }
 
 /** f32 at or above v (v >= 0). */
 function roundUpF32(v: number): number {
   const f = Math.fround(v);
   if (f >= v) return f;
-  const b = new Float32Array([f]);
-  new Uint32Array(b.buffer)[0]++;
-  return b[0];
+  scratchF[0] = f;
+  scratchU[0]++;
+  return scratchF[0];
 }
 
 /**
@@ -382,23 +416,27 @@ function planBuffers(
 /**
  * GPU bytes kmeans() allocates for N points of dimension d and n centroids (buffers as created,
  * before the runtime's rounding to 4 bytes; at most 16 extra bytes per buffer). About
- * N * (d + 2G + 6) * 4 bytes for the accelerated run with G groups (16 by default).
+ * N * (d + 2G + 6) * 4 bytes for the accelerated run with G groups (defaultMaxGroups(n)). Runs on the
+ * host (backend "host", or "auto" on small problems) allocate none of it.
  */
 export function kmeansGpuBytes(
   N: number,
   d: number,
   n: number,
   maxBinding: number,
-  opts: Pick<KmeansOptions, "accelerate" | "maxGroups" | "maxPointsPerDispatch" | "centroidGap"> =
-    {},
+  opts: Pick<
+    KmeansOptions,
+    "accelerate" | "maxGroups" | "maxPointsPerDispatch" | "centroidGap" | "iters"
+  > = {},
 ): number {
   const accelerate = opts.accelerate ?? true;
-  const { maxPoints, maxGroups } = planOptions(opts);
+  const { maxPoints, maxGroups } = planOptions(opts, n);
   const p = planBuffers(d, n, maxBinding, accelerate, maxGroups, maxPoints);
   const perRow = (G: number, dims: number) => (dims + (G + 1) + 2 + 3 + G) * 4;
   const chunks = Math.ceil(N / p.rowsPerChunk);
   let bytes = N * perRow(p.G, d) + n * d * 4 + p.movesBytes + 2 * chunks * p.cntStride;
   if (accelerate && opts.centroidGap) bytes += n * perRow(1, 0);
+  if (accelerate) bytes += Math.max(1, opts.iters ?? 20) * chunks * p.cntStride; // count history
   return bytes;
 }
 
@@ -411,6 +449,197 @@ interface Chunk {
   code: GPUBuffer; // [2, rows]
   st: GPUBuffer; // [3, rows]
   lbs: GPUBuffer; // [groups, rows]
+}
+
+/**
+ * Brute-force work per pass (N * n * d) up to which "auto" assigns on the host: there a pass
+ * costs ~2 ns per unit of work (less with the bounds), on llvmpipe ~15 ms of fixed cost.
+ */
+export const HOST_MAX_WORK = 1 << 22;
+const F32_MAX = 3.4028234663852886e38;
+/** Host bound guards (see HostAssigner): as the shader's REL and ABS. */
+const H_REL = 4e-6, H_ABS = 1e-18;
+
+/**
+ * The assignment on the host. Distances use the scan kernel's f32 arithmetic step for step:
+ * t = x - c rounded to f32, t * t rounded, added to the running sum and rounded (llvmpipe
+ * evaluates WGSL's fma unfused, so this is bit for bit what the GPU computes there, which the
+ * tests check); the nearest centroid is the first of the smallest, as on the GPU.
+ *
+ * Accelerated, Elkan's bounds (in f64, on true distances): per point an upper bound u on its
+ * distance to its centroid a, a lower bound on its distance to each other centroid j (stored
+ * lazily as bound + the total movement of j so far, so a pass touches only points it scans),
+ * and Hamerly's lower bound on all of them at once. Centroid j is ruled out for a point when
+ * u * (1 + REL) + ABS < L * (1 - REL) - ABS, L being its lower bound or |c_a - c_j| - u
+ * (Elkan's centroid test; with s(a), half the gap from a to its nearest other centroid, for the
+ * whole point at once). The margins exceed the f32 evaluation error (relative (d + 3) 2^-24 <
+ * 1.2e-6 on squares) three times over, so a ruled-out centroid's f32 distance is strictly above
+ * a's: the first of the smallest among the rest is brute force's pick.
+ */
+class HostAssigner {
+  evals = 0;
+  passes = 0;
+  stats: PassStats[] = [];
+  private readonly codes: Uint32Array;
+  private readonly u: Float64Array;
+  /** Hamerly's bound: below the distance to every centroid but the point's own. */
+  private readonly l: Float64Array;
+  /** [N, n] Elkan's bounds plus cum[j] at the time they were made (accelerated only). */
+  private readonly lb: Float64Array;
+  /** Total movement of each centroid so far (upper bounds). */
+  private readonly cum: Float64Array;
+  private readonly e: Float32Array;
+
+  constructor(
+    private readonly x: Float32Array,
+    private readonly N: number,
+    private readonly d: number,
+    private readonly n: number,
+    private readonly accelerate: boolean,
+  ) {
+    this.codes = new Uint32Array(N);
+    this.u = new Float64Array(N);
+    this.l = new Float64Array(N);
+    this.lb = new Float64Array(accelerate ? N * n : 0);
+    this.cum = new Float64Array(n);
+    this.e = new Float32Array(n);
+  }
+
+  /** Full f32 scan of point i: sets its code and bounds. */
+  private scan(i: number, c: Float32Array): void {
+    const { x, d, n, e } = this;
+    const fr = Math.fround;
+    const o = i * d;
+    let b = F32_MAX, s = F32_MAX, bi = 0;
+    for (let j = 0, cj = 0; j < n; j++, cj += d) {
+      let v = 0;
+      for (let k = 0; k < d; k++) {
+        const t = fr(x[o + k] - c[cj + k]);
+        v = fr(v + fr(t * t));
+      }
+      e[j] = v;
+      if (v < b) {
+        s = b;
+        b = v;
+        bi = j;
+      } else if (v < s) s = v;
+    }
+    this.codes[i] = bi;
+    this.u[i] = Math.sqrt(b) * (1 + H_REL) + H_ABS;
+    this.l[i] = Math.sqrt(s) * (1 - H_REL) - H_ABS;
+    if (this.accelerate) {
+      const { lb, cum } = this;
+      for (let j = 0, at = i * n; j < n; j++) lb[at + j] = Math.sqrt(e[j]) * (1 - H_REL) + cum[j];
+    }
+  }
+
+  /** f32 squared distance of point i to centroid j (as the scan computes it). */
+  private dist(i: number, c: Float32Array, j: number): number {
+    const { x, d } = this;
+    const fr = Math.fround;
+    let v = 0;
+    for (let k = 0; k < d; k++) {
+      const t = fr(x[i * d + k] - c[j * d + k]);
+      v = fr(v + fr(t * t));
+    }
+    return v;
+  }
+
+  assign(cents: Float32Array, prev: Float32Array | null): Uint32Array {
+    const { N, d, n } = this;
+    this.passes++;
+    const stat: PassStats = { active: 0, listed: 0, evals: 0 };
+    if (!this.accelerate || prev === null) {
+      for (let i = 0; i < N; i++) this.scan(i, cents);
+      stat.active = stat.listed = N;
+      stat.evals = N * n;
+    } else {
+      const { u, l, lb, cum, codes } = this;
+      // Movements (upper bounds), their running totals, and centroid distances (lower bounds).
+      const mv = new Float64Array(n);
+      let m1 = -1, m2 = -1; // the largest and second-largest movement's centroids
+      for (let j = 0; j < n; j++) {
+        let s = 0;
+        for (let k = 0; k < d; k++) {
+          const t = cents[j * d + k] - prev[j * d + k];
+          s += t * t;
+        }
+        mv[j] = Math.sqrt(s) * (1 + 1e-12);
+        cum[j] += mv[j];
+        if (m1 < 0 || mv[j] > mv[m1]) {
+          m2 = m1;
+          m1 = j;
+        } else if (m2 < 0 || mv[j] > mv[m2]) m2 = j;
+      }
+      const cc = new Float64Array(n * n);
+      const gap = new Float64Array(n).fill(Infinity);
+      for (let a = 0; a < n; a++) {
+        for (let j = a + 1; j < n; j++) {
+          let s = 0;
+          for (let k = 0; k < d; k++) {
+            const t = cents[a * d + k] - cents[j * d + k];
+            s += t * t;
+          }
+          const h = Math.sqrt(s) * (1 - 1e-12);
+          cc[a * n + j] = cc[j * n + a] = h;
+          if (0.5 * h < gap[a]) gap[a] = 0.5 * h;
+          if (0.5 * h < gap[j]) gap[j] = 0.5 * h;
+        }
+      }
+      stat.evals += (n * (n - 1)) / 2;
+      const hi = (v: number) => v * (1 + H_REL) + H_ABS;
+      const lo = (v: number) => v * (1 - H_REL) - H_ABS;
+      for (let i = 0; i < N; i++) {
+        const a = codes[i];
+        let ui = u[i] + mv[a];
+        const li = l[i] - (a === m1 ? (m2 < 0 ? 0 : mv[m2]) : mv[m1]);
+        if (hi(ui) < lo(Math.max(li, 2 * gap[a] - ui))) {
+          u[i] = ui;
+          l[i] = li;
+          continue;
+        }
+        const ea = this.dist(i, cents, a);
+        stat.evals++;
+        ui = hi(Math.sqrt(ea));
+        if (hi(ui) < lo(Math.max(li, 2 * gap[a] - ui))) {
+          u[i] = ui;
+          l[i] = li;
+          continue;
+        }
+        // Elkan: centroid by centroid.
+        stat.active++;
+        const at = i * n, ca = a * n;
+        let b = ea, bi = a, bu = ui;
+        const hu = hi(ui);
+        for (let j = 0; j < n; j++) {
+          if (j === a || hu < lo(Math.max(lb[at + j] - cum[j], cc[ca + j] - ui))) continue;
+          const v = this.dist(i, cents, j);
+          stat.evals++;
+          lb[at + j] = Math.sqrt(v) * (1 - H_REL) + cum[j];
+          if (v < b || (v === b && j < bi)) {
+            b = v;
+            bi = j;
+          }
+        }
+        if (bi !== a) {
+          bu = hi(Math.sqrt(b));
+          lb[at + a] = Math.sqrt(ea) * (1 - H_REL) + cum[a];
+        }
+        // Hamerly's bound from the fresh per-centroid bounds.
+        let m = Infinity;
+        for (let j = 0; j < n; j++) {
+          if (j !== bi) m = Math.min(m, lb[at + j] - cum[j]);
+        }
+        codes[i] = bi;
+        u[i] = bu;
+        l[i] = lo(m);
+      }
+      stat.listed = stat.active;
+    }
+    this.evals += stat.evals;
+    this.stats.push(stat);
+    return this.codes.slice();
+  }
 }
 
 /** Counts of one assignment pass (for tests and benchmarks). */
@@ -439,6 +668,11 @@ class Assigner {
   /** Bytes between chunks' counters: a multiple of 256, which every offset alignment divides. */
   private readonly cntStride: number;
   private readonly zeros: GPUBuffer; // as cnt, all zero
+  /** [iters] copies of cnt: each accelerated pass's list lengths, read once at the end. */
+  private readonly hist: GPUBuffer | null;
+  private histPasses = 0;
+  /** The stats the history's entries complete, in order. */
+  private histStats: PassStats[] = [];
   private readonly gap: Chunk | null; // the centroids as points, for s
   evals = 0;
   passes = 0;
@@ -454,6 +688,7 @@ class Assigner {
     maxPoints: number,
     private readonly range: number,
     maxGroups: number,
+    iters = 0,
   ) {
     this.P = pointsPerInvocation(d);
     const plan = planBuffers(d, n, gpu.limits.maxBinding, accelerate, maxGroups, maxPoints);
@@ -487,6 +722,9 @@ class Assigner {
     this.cntStride = plan.cntStride;
     this.cnt = mk(this.chunks.length * this.cntStride, "kmeans.cnt");
     this.zeros = mk(this.chunks.length * this.cntStride, "kmeans.zeros");
+    this.hist = accelerate
+      ? mk(Math.max(1, iters) * this.chunks.length * this.cntStride, "kmeans.hist")
+      : null;
     this.gap = accelerate && useGap ? mkChunk(0, n, 1, this.cent) : null;
   }
 
@@ -502,7 +740,14 @@ class Assigner {
     this.buffers.length = 0;
   }
 
-  /** Bindings 0 .. 6 (scan); `finish` takes 0 .. 4, `bounds` adds 7 and 8. */
+  /** Bindings 0 .. 6 and 9 (scan); `finish` takes 0 .. 4 and 9, `bounds` 0 .. 8. */
+  private withCounts(b: Binding[]): Binding[] {
+    const out: Binding[] = [...b];
+    while (out.length < 9) out.push(null);
+    out.push({ buffer: this.cnt, size: this.chunks.length * this.cntStride });
+    return out;
+  }
+
   private bindings(c: Chunk, params: number[]): Binding[] {
     return [
       new Uint32Array(params),
@@ -519,7 +764,7 @@ class Assigner {
    * Scans centroids [lo, hi) for `count` points (rows, or list `list` if >= 0), in ranges that
    * stay inside one group and below `range` centroids.
    */
-  private scan(c: Chunk, count: number, lo: number, hi: number, list: number): void {
+  private scan(c: Chunk, count: number, lo: number, hi: number, list: number, cidx = -1): void {
     if (count === 0) return;
     const [gx, gy] = grid(Math.ceil(count / (WG * this.P)), this.gpu.limits.maxWorkgroups);
     for (let g = 0; g < c.groups; g++) {
@@ -527,22 +772,30 @@ class Assigner {
       const g1 = Math.min(hi, groupStart(g + 1, this.n, c.groups));
       for (let c0 = g0; c0 < g1; c0 += this.range) {
         const c1 = Math.min(g1, c0 + this.range);
-        const flags = (list >= 0 ? LISTED : 0) | (list < 0 && c0 === 0 ? FIRST : 0);
+        const flags = (list >= 0 ? LISTED : 0) | (list < 0 && c0 === 0 ? FIRST : 0) |
+          (cidx >= 0 ? GPUCOUNT : 0);
         const params = [count, c0, c1, flags, gx, this.n, c.groups, Math.max(0, list) * c.rows];
-        this.gpu.dispatch(this.scanPipe, this.bindings(c, [...params, c.rows, 0]), [gx, gy]);
+        this.gpu.dispatch(
+          this.scanPipe,
+          this.withCounts(this.bindings(c, [...params, c.rows, 0, Math.max(0, cidx)])),
+          [gx, gy],
+        );
       }
     }
-    this.evals += count * (hi - lo);
+    if (cidx < 0) this.evals += count * (hi - lo); // else counted from the history
   }
 
   /** Turns running states into assignments and bounds: rows, or list G's points. */
-  private finish(c: Chunk, count: number, listed: boolean): void {
+  private finish(c: Chunk, count: number, listed: boolean, cidx = -1): void {
     if (count === 0) return;
     const [gx, gy] = grid(Math.ceil(count / BOUNDS_WG), this.gpu.limits.maxWorkgroups);
-    const params = [count, 0, 0, listed ? LISTED : 0, gx * BOUNDS_WG, this.n, c.groups];
+    const flags = (listed ? LISTED : 0) | (cidx >= 0 ? GPUCOUNT : 0);
+    const params = [count, 0, 0, flags, gx * BOUNDS_WG, this.n, c.groups];
     this.gpu.dispatch(
       this.finishPipe,
-      this.bindings(c, [...params, c.groups * c.rows, c.rows, 0]).slice(0, 5),
+      this.withCounts(
+        this.bindings(c, [...params, c.groups * c.rows, c.rows, 0, Math.max(0, cidx)]).slice(0, 5),
+      ),
       [gx, gy],
     );
   }
@@ -631,18 +884,25 @@ class Assigner {
           { buffer: this.cnt, offset: i * this.cntStride, size: (G + 1) * 4 },
         ], [gx, gy]);
       }
-      const counts = new Uint32Array(
-        await gpu.read(this.cnt, 0, this.chunks.length * this.cntStride),
-      );
+      // The list lengths stay on the GPU: each group's scan is sized for every row and reads
+      // its count there (whole workgroups past it return at once); they are copied to the
+      // history and read back once, at the end (one readback per pass: the codes).
       for (let i = 0; i < this.chunks.length; i++) {
         const c = this.chunks[i];
         const at = (i * this.cntStride) / 4;
         for (let g = 0; g < G; g++) {
-          this.scan(c, counts[at + g], groupStart(g, n, G), groupStart(g + 1, n, G), g);
-          stat.listed += counts[at + g];
+          this.scan(c, c.rows, groupStart(g, n, G), groupStart(g + 1, n, G), g, at + g);
         }
-        this.finish(c, counts[at + G], true);
-        stat.active += counts[at + G];
+        this.finish(c, c.rows, true, at + G);
+      }
+      const bytes = this.chunks.length * this.cntStride;
+      if (this.hist && (this.histPasses + 1) * bytes <= this.hist.size) {
+        gpu.copy(this.cnt, 0, this.hist, this.histPasses * bytes, bytes);
+        this.histPasses++;
+        this.histStats.push(stat);
+      } else {
+        // More passes than planned for (not kmeans()'s case): read the counts now.
+        this.addCounts(new Uint32Array(await gpu.read(this.cnt, 0, bytes)), stat);
       }
       this.evals += this.N; // the exact distance of each point to its centroid
     }
@@ -653,6 +913,33 @@ class Assigner {
     stat.evals = this.evals - before;
     this.stats.push(stat);
     return codes;
+  }
+
+  /** Adds one pass's list lengths (as in cnt) to its stats and to evals. */
+  private addCounts(counts: Uint32Array, stat: PassStats): void {
+    const { n, G } = this;
+    for (let i = 0; i < this.chunks.length; i++) {
+      const at = (i * this.cntStride) / 4;
+      for (let g = 0; g < G; g++) {
+        const e = counts[at + g] * (groupStart(g + 1, n, G) - groupStart(g, n, G));
+        this.evals += e;
+        stat.evals += e;
+        stat.listed += counts[at + g];
+      }
+      stat.active += counts[at + G];
+    }
+  }
+
+  /** Reads the count history once and completes the accelerated passes' stats and evals. */
+  async settle(): Promise<void> {
+    if (!this.hist || this.histPasses === 0) return;
+    const bytes = this.chunks.length * this.cntStride;
+    const all = new Uint32Array(await this.gpu.read(this.hist, 0, this.histPasses * bytes));
+    for (let p = 0; p < this.histPasses; p++) {
+      this.addCounts(all.subarray((p * bytes) / 4, ((p + 1) * bytes) / 4), this.histStats[p]);
+    }
+    this.histPasses = 0;
+    this.histStats = [];
   }
 }
 
@@ -670,7 +957,7 @@ export async function assignNearest(
   opts: Pick<KmeansOptions, "maxPointsPerDispatch" | "maxCentroidsPerDispatch" | "maxGroups"> = {},
 ): Promise<Uint32Array> {
   checkArgs(gpu, x, N, d, n);
-  const { maxPoints, range, maxGroups } = planOptions(opts);
+  const { maxPoints, range, maxGroups } = planOptions(opts, n);
   const a = new Assigner(gpu, N, d, n, false, false, maxPoints, range, maxGroups);
   try {
     await a.upload(x);
@@ -691,11 +978,11 @@ function checkArgs(gpu: Gpu, x: Float32Array, N: number, d: number, n: number): 
   }
 }
 
-function planOptions(opts: KmeansOptions) {
+function planOptions(opts: KmeansOptions, n: number) {
   return {
     maxPoints: Math.max(1, Math.floor(opts.maxPointsPerDispatch ?? Infinity)),
     range: Math.max(1, Math.min(Math.floor(opts.maxCentroidsPerDispatch ?? 16_384), MAX_RANGE)),
-    maxGroups: opts.maxGroups ?? MAX_GROUPS,
+    maxGroups: opts.maxGroups ?? defaultMaxGroups(n),
   };
 }
 
@@ -718,13 +1005,17 @@ export async function kmeans(
   if (N < n) throw new Error(`kmeans: ${n} centroids need at least as many points (N = ${N})`);
   const iters = opts.iters ?? 20;
   const accelerate = opts.accelerate ?? true;
-  const { maxPoints, range, maxGroups } = planOptions(opts);
+  const { maxPoints, range, maxGroups } = planOptions(opts, n);
   const useGap = opts.centroidGap ?? false;
 
   let cents = initCentroids(x, N, d, n, opts.seed ?? 0, opts.init ?? "random");
-  const a = new Assigner(gpu, N, d, n, accelerate, useGap, maxPoints, range, maxGroups);
+  const backend = opts.backend ?? "gpu";
+  const host = backend === "host" || (backend === "auto" && N * n * d <= HOST_MAX_WORK);
+  const a = host
+    ? new HostAssigner(x, N, d, n, accelerate)
+    : new Assigner(gpu, N, d, n, accelerate, useGap, maxPoints, range, maxGroups, iters);
   try {
-    await a.upload(x);
+    if (a instanceof Assigner) await a.upload(x);
     let codes = await a.assign(cents, null);
     let objective = sse(x, N, d, cents, codes);
     opts.onIter?.(0, objective);
@@ -738,6 +1029,7 @@ export async function kmeans(
       objective = sse(x, N, d, cents, codes);
       opts.onIter?.(iterations, objective);
     }
+    if (a instanceof Assigner) await a.settle();
     opts.onStats?.(a.stats);
     return {
       centroids: cents,
@@ -748,6 +1040,6 @@ export async function kmeans(
       bruteForceEvals: a.passes * N * n,
     };
   } finally {
-    a.release();
+    if (a instanceof Assigner) a.release();
   }
 }

@@ -59,6 +59,8 @@ export async function clusterBlock(
           iters: s.iters,
           seed: matrixSeed(s.seed + 7919 * k, layer, lin.kind) + sp,
           init: s.init,
+          // Small matrices assign on the host: a GPU readback per pass costs more than the work.
+          backend: "auto",
           onIter: (i, obj) => onMatrix?.(lin.kind, i, obj),
         });
         evals += run.distanceEvals;

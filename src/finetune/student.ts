@@ -1,17 +1,15 @@
 // The student block of ClusComp finetuning on the GPU: codebooks (trained), codes (fixed),
 // the decoded weights in both layouts, the forward with kept activations, the backward pass
 // down to the codebook gradients, and the AdamW step. One window of T tokens per step.
-import type { Gpu } from "../gpu/device.ts";
+// The seven codebooks (and their AdamW moments and gradients) live in one buffer each, every
+// linear's at an aligned offset, so one AdamW dispatch steps them all; one dispatch per linear
+// decodes W^T and W together.
+import type { BufferRange, Gpu } from "../gpu/device.ts";
 import { Tensor } from "../gpu/tensor.ts";
 import { type LinearKind, linearNames, type ModelConfig } from "../io/config.ts";
 import { adamw } from "../kernels/adamw.ts";
-import {
-  codebookGrad,
-  decodeCodebook,
-  type GpuCodeIndex,
-  prepareCodeIndex,
-} from "../kernels/codebook.ts";
-import { transpose } from "../kernels/transpose.ts";
+import { codebookGrad, type GpuCodeIndex, prepareCodeIndex } from "../kernels/codebook.ts";
+import { decodeCodebookBoth } from "../kernels/codebook_decode.ts";
 import { backwardBlock, BackwardScratch } from "../model/backward.ts";
 import {
   BlockScratch,
@@ -32,6 +30,13 @@ export interface CodebookData {
   splits: number;
 }
 
+/** A linear's range of a shared buffer, readable on its own. */
+interface Slice extends BufferRange {
+  offset: number;
+  size: number;
+  toF32(): Promise<Float32Array>;
+}
+
 interface LinearState {
   kind: LinearKind;
   inDim: number;
@@ -39,10 +44,11 @@ interface LinearState {
   d: number;
   /** Entries over all splits. */
   entries: number;
-  c: Tensor;
-  m: Tensor;
-  v: Tensor;
-  dc: Tensor;
+  /** Its ranges of the shared codebook, AdamW moment and gradient buffers ([entries * d]). */
+  c: Slice;
+  m: Slice;
+  v: Slice;
+  dc: Slice;
   codes: Tensor;
   index: GpuCodeIndex;
   /** W^T [in, out] (forward) and W [out, in] (backward). */
@@ -70,6 +76,8 @@ export class StudentBlock {
     readonly cfg: ModelConfig,
     readonly T: number,
     readonly linears: LinearState[],
+    /** Codebooks, AdamW m and v, and gradients of all linears, each [total] (zero padding). */
+    private readonly flat: { c: Tensor; m: Tensor; v: Tensor; dc: Tensor; total: number },
     readonly scratch: BlockScratch,
     inputNorm: Tensor,
     postNorm: Tensor,
@@ -100,6 +108,23 @@ export class StudentBlock {
     rope: { cos: Float32Array; sin: Float32Array },
   ): Promise<StudentBlock> {
     const linears: LinearState[] = [];
+    // Each linear's codebook starts at an offset aligned for a storage binding.
+    const alignF = gpu.limits.align / 4;
+    let total = 0;
+    const at: number[] = [];
+    for (const lin of linearNames(0, cfg)) {
+      const b = books.find((x) => x.kind === lin.kind)!;
+      at.push(total);
+      total += Math.ceil((b.splits * b.n * b.d) / alignF) * alignF;
+    }
+    const flatC = new Float32Array(total);
+    const flat = {
+      c: Tensor.empty(gpu, [total], "student.codebooks"),
+      m: Tensor.empty(gpu, [total], "student.adam_m"),
+      v: Tensor.empty(gpu, [total], "student.adam_v"),
+      dc: Tensor.empty(gpu, [total], "student.grad"),
+      total,
+    };
     for (const lin of linearNames(0, cfg)) {
       const b = books.find((x) => x.kind === lin.kind)!;
       const cols = Math.ceil(lin.out / b.d);
@@ -111,23 +136,31 @@ export class StudentBlock {
       }
       const entries = b.splits * b.n;
       const size = entries * b.d;
-      const t = (name: string) => Tensor.empty(gpu, [size], `${lin.kind}.${name}`);
+      const off = at[linears.length];
+      flatC.set(b.centroids.subarray(0, size), off);
+      const r = (t: Tensor): Slice => ({
+        buffer: t.buffer,
+        offset: off * 4,
+        size: size * 4,
+        toF32: async () => new Float32Array(await gpu.read(t.buffer, off * 4, size * 4)),
+      });
       linears.push({
         kind: lin.kind,
         inDim: lin.in,
         out: lin.out,
         d: b.d,
         entries,
-        c: await Tensor.from(gpu, b.centroids, [size], `${lin.kind}.codebook`),
-        m: t("adam_m"),
-        v: t("adam_v"),
-        dc: t("grad"),
+        c: r(flat.c),
+        m: r(flat.m),
+        v: r(flat.v),
+        dc: r(flat.dc),
         codes: await Tensor.from(gpu, codes, [codes.length], `${lin.kind}.codes`),
         index: await prepareCodeIndex(gpu, codes, entries, lin.in, lin.out, b.d),
         wT: Tensor.empty(gpu, [lin.in, lin.out], `${lin.kind}.wT`),
         w: Tensor.empty(gpu, [lin.out, lin.in], `${lin.kind}.w`),
       });
     }
+    await gpu.write(flat.c.buffer, flatC);
     const scratch = await BlockScratch.create(gpu, cfg, 1, T, rope);
     if (scratch.mlpChunk < T) {
       throw new Error(
@@ -140,6 +173,7 @@ export class StudentBlock {
       cfg,
       T,
       linears,
+      flat,
       scratch,
       await Tensor.from(gpu, inputNorm, [cfg.hidden], "student.input_norm"),
       await Tensor.from(gpu, postNorm, [cfg.hidden], "student.post_norm"),
@@ -151,9 +185,9 @@ export class StudentBlock {
   /** Restores codebooks and AdamW state from a checkpoint. */
   async load(state: Map<string, Float32Array>, step: number): Promise<void> {
     for (const l of this.linears) {
-      await this.gpu.write(l.c.buffer, state.get(`${l.kind}.codebook`)!);
-      await this.gpu.write(l.m.buffer, state.get(`${l.kind}.adam_m`)!);
-      await this.gpu.write(l.v.buffer, state.get(`${l.kind}.adam_v`)!);
+      for (const [r, name] of [[l.c, "codebook"], [l.m, "adam_m"], [l.v, "adam_v"]] as const) {
+        await this.put(r, state.get(`${l.kind}.${name}`)!);
+      }
     }
     this.step = step;
     this.decode();
@@ -173,16 +207,23 @@ export class StudentBlock {
   /** Writes codebooks (only) back, e.g. the best epoch's. */
   async setCodebooks(books: Map<string, Float32Array>): Promise<void> {
     for (const l of this.linears) {
-      await this.gpu.write(l.c.buffer, books.get(`${l.kind}.codebook`)!);
+      await this.put(l.c, books.get(`${l.kind}.codebook`)!);
     }
     this.decode();
   }
 
-  /** W^T and W from the current codebooks. */
+  /** Writes one linear's range of a shared buffer (exactly its size). */
+  private async put(r: Slice, data: Float32Array): Promise<void> {
+    if (data.byteLength !== r.size) {
+      throw new Error(`student: ${data.byteLength} bytes for a ${r.size}-byte codebook range`);
+    }
+    await this.gpu.write(r.buffer, data, r.offset);
+  }
+
+  /** W^T and W from the current codebooks: one dispatch per linear. */
   private decode(): void {
     for (const l of this.linears) {
-      decodeCodebook(this.gpu, l.c.all, l.codes.all, l.wT.all, l.inDim, l.out, l.d);
-      transpose(this.gpu, l.wT.all, l.w.all, l.inDim, l.out);
+      decodeCodebookBoth(this.gpu, l.c, l.codes.all, l.wT.all, l.w.all, l.inDim, l.out, l.d);
     }
   }
 
@@ -215,19 +256,18 @@ export class StudentBlock {
     >;
     backwardBlock(this.gpu, this.block, this.scratch, this.keep, this.bs, this.g.dy, {
       w,
-      onWeightGrad: (kind, dwT) => codebookGrad(this.gpu, dwT, dc[kind].index, dc[kind].dc.all),
+      onWeightGrad: (kind, dwT) => codebookGrad(this.gpu, dwT, dc[kind].index, dc[kind].dc),
     });
   }
 
-  /** One AdamW step on every codebook. */
+  /**
+   * One AdamW step on every codebook: a single elementwise dispatch over the shared buffers
+   * (the padding between linears stays zero: zero gradient, moments and parameters).
+   */
   update(opt: AdamWSettings): void {
     this.step++;
-    for (const l of this.linears) {
-      adamw(this.gpu, l.c.all, l.dc.all, l.m.all, l.v.all, l.entries * l.d, {
-        ...opt,
-        step: this.step,
-      });
-    }
+    const f = this.flat;
+    adamw(this.gpu, f.c.all, f.dc.all, f.m.all, f.v.all, f.total, { ...opt, step: this.step });
     this.decode();
   }
 
@@ -237,9 +277,10 @@ export class StudentBlock {
 
   release(): void {
     for (const l of this.linears) {
-      for (const t of [l.c, l.m, l.v, l.dc, l.codes, l.wT, l.w]) t.release();
+      for (const t of [l.codes, l.wT, l.w]) t.release();
       l.index.release();
     }
+    for (const t of [this.flat.c, this.flat.m, this.flat.v, this.flat.dc]) t.release();
     for (const t of Object.values(this.keep)) t.release();
     for (const t of Object.values(this.g)) t.release();
     this.bs.release();

@@ -126,7 +126,8 @@ function sampleErrorFn(cfg: ModelConfig, src: WeightSource, seed: number) {
       }
     }
     const nn = Math.max(2, Math.min(n, Math.floor(S * n / N), S));
-    const r = await kmeans(gpu, sample, S, d, nn, { iters: 5, seed });
+    // Small samples run on the host ("auto"): a GPU pass costs a ~13 ms readback on llvmpipe.
+    const r = await kmeans(gpu, sample, S, d, nn, { iters: 5, seed, backend: "auto" });
     return r.objective / (S * d);
   };
 }

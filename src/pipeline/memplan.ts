@@ -1,7 +1,7 @@
 // The memory plan: peak GPU, host and work-directory bytes per stage, from the same sizes the stages allocate
 // (BlockScratch, BackwardScratch, the student block, k-means' buffers, the eval batches), and
 // for generating text with the compressed model (codebook weights, KV cache, one prefill).
-import { kmeansGpuBytes } from "../cluster/kmeans.ts";
+import { HOST_MAX_WORK, kmeansGpuBytes } from "../cluster/kmeans.ts";
 import { codebookGpuBytes } from "../io/pack.ts";
 import type { ModelConfig } from "../io/config.ts";
 import { linearNames } from "../io/config.ts";
@@ -192,12 +192,15 @@ export function planMemory(cfg: ModelConfig, s: MemoryPlanSettings): StagePlan[]
       note,
     });
 
-  // Cluster: one matrix at a time; the host holds it, its vectors and codes.
+  // Cluster: one matrix at a time; the host holds it, its vectors and codes. Matrices small
+  // enough to assign on the host (kmeans backend "auto") take no GPU memory.
+  const onHost = N * s.n * s.d <= HOST_MAX_WORK;
   stage(
     "cluster",
-    kmeansGpuBytes(N, s.d, s.n, s.maxBinding),
+    onHost ? 0 : kmeansGpuBytes(N, s.d, s.n, s.maxBinding),
     biggest.in * biggest.out * f32 * 3 + N * 4 * 2,
-    `largest matrix ${biggest.kind} [${biggest.out}x${biggest.in}]: ${N} vectors, d=${s.d}, n=${s.n}`,
+    `largest matrix ${biggest.kind} [${biggest.out}x${biggest.in}]: ${N} vectors, d=${s.d}, ` +
+      `n=${s.n}${onHost ? " (assigned on the host)" : ""}`,
     disk.cluster,
   );
   if (s.finetune) {

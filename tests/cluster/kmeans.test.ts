@@ -67,39 +67,129 @@ for (const [d, n, N] of [[1, 100, 3000], [4, 1000, 6000], [6, 100, 3000], [9, 10
   });
 }
 
-Deno.test("accelerated codes equal brute force and compute fewer distances", async () => {
+for (const backend of ["gpu", "host"] as const) {
+  Deno.test(`accelerated codes equal brute force and compute fewer distances (${backend})`, async () => {
+    const gpu = await getGpu();
+    const N = 20000, d = 4, n = 1000;
+    const x = blobs(N, d, 50, 11);
+    const fast = await kmeans(gpu, x, N, d, n, { iters: 10, seed: 2, backend });
+    const slow = await kmeans(gpu, x, N, d, n, {
+      iters: 10,
+      seed: 2,
+      accelerate: false,
+      backend: "gpu",
+    });
+    assertSameRun(fast, slow, "accelerated vs brute force");
+    assert.equal(slow.distanceEvals, slow.bruteForceEvals);
+    assert.equal(fast.bruteForceEvals, slow.bruteForceEvals);
+    assert.ok(
+      fast.distanceEvals < 0.6 * slow.distanceEvals,
+      `accelerated computed ${fast.distanceEvals} of ${slow.distanceEvals} distances`,
+    );
+    // The optional centroid-gap bound changes the work, never the result.
+    const gap = await kmeans(gpu, x, N, d, n, { iters: 10, seed: 2, centroidGap: true, backend });
+    assertSameRun(gap, slow, "with centroid gap");
+  });
+}
+
+// The host backend computes the GPU's f32 distances bit for bit; with its bounds and without,
+// it must give the GPU brute force's run exactly. Shapes: d from 1 to 16, n not a power of
+// two, group counts that do not divide n, values on a coarse grid (exact ties, rounding-
+// sensitive sums), and a planted far-away point (its own cluster after re-seeding).
+for (
+  const [d, n, N, grid] of [
+    [1, 37, 3000, 0],
+    [2, 777, 9000, 0],
+    [3, 300, 5000, 8],
+    [5, 129, 4000, 0],
+    [7, 250, 3000, 4],
+    [8, 336, 6144, 0],
+    [11, 100, 2000, 0],
+    [16, 65, 1500, 2],
+  ]
+) {
+  Deno.test(`host and GPU accelerated runs equal GPU brute force (d=${d}, n=${n}, N=${N})`, async () => {
+    const gpu = await getGpu();
+    const rng = new Rng(d * 31 + n);
+    const x = blobs(N, d, 23, d * 7 + n);
+    if (grid > 0) { for (let i = 0; i < x.length; i++) x[i] = Math.round(x[i] * grid) / grid; }
+    // A planted far-away point, at the end of the data.
+    for (let k = 0; k < d; k++) x[(N - 1) * d + k] = 1e3 * (1 + rng.next());
+    const iters = 8;
+    const brute = await kmeans(gpu, x, N, d, n, {
+      iters,
+      seed: 3,
+      accelerate: false,
+      backend: "gpu",
+    });
+    for (
+      const opts of [
+        { backend: "host" as const },
+        { backend: "host" as const, accelerate: false },
+        { backend: "gpu" as const },
+        { backend: "gpu" as const, maxGroups: 4, maxPointsPerDispatch: 777 },
+      ]
+    ) {
+      const got = await kmeans(gpu, x, N, d, n, { iters, seed: 3, ...opts });
+      assertSameRun(got, brute, JSON.stringify(opts));
+    }
+    // The far point sits alone on its centroid.
+    const far = brute.codes[N - 1];
+    assert.equal(brute.codes.filter((c) => c === far).length, 1);
+  });
+}
+
+Deno.test("128 centroid groups that do not divide n give brute force's run", async () => {
   const gpu = await getGpu();
-  const N = 20000, d = 4, n = 1000;
-  const x = blobs(N, d, 50, 11);
-  const fast = await kmeans(gpu, x, N, d, n, { iters: 10, seed: 2 });
-  const slow = await kmeans(gpu, x, N, d, n, { iters: 10, seed: 2, accelerate: false });
-  assertSameRun(fast, slow, "accelerated vs brute force");
-  assert.equal(slow.distanceEvals, slow.bruteForceEvals);
-  assert.equal(fast.bruteForceEvals, slow.bruteForceEvals);
-  assert.ok(
-    fast.distanceEvals < 0.6 * slow.distanceEvals,
-    `accelerated computed ${fast.distanceEvals} of ${slow.distanceEvals} distances`,
-  );
-  // The optional centroid-gap bound changes the work, never the result.
-  const gap = await kmeans(gpu, x, N, d, n, { iters: 10, seed: 2, centroidGap: true });
-  assertSameRun(gap, slow, "with centroid gap");
+  const N = 12000, d = 4, n = 8200; // 128 groups of 64 or 65 centroids
+  const x = blobs(N, d, 40, 20);
+  const opts = { iters: 5, seed: 8, backend: "gpu" as const };
+  let listed = 0;
+  const fast = await kmeans(gpu, x, N, d, n, {
+    ...opts,
+    maxGroups: 128,
+    onStats: (s) => listed = s[s.length - 1].listed,
+  });
+  const slow = await kmeans(gpu, x, N, d, n, { ...opts, accelerate: false });
+  assertSameRun(fast, slow, "128 groups");
+  assert.ok(fast.distanceEvals < slow.distanceEvals);
+  assert.ok(listed > 0, "the last pass scanned some groups");
+});
+
+Deno.test("auto picks the host for small runs and keeps the GPU's results", async () => {
+  const gpu = await getGpu();
+  const N = 4096, d = 4, n = 16;
+  const x = blobs(N, d, 10, 19);
+  const live = gpu.bytesLive;
+  gpu.bytesPeak = live;
+  const auto = await kmeans(gpu, x, N, d, n, { iters: 5, backend: "auto" });
+  assert.equal(gpu.bytesPeak, live, "no GPU memory for a small run");
+  const onGpu = await kmeans(gpu, x, N, d, n, { iters: 5, backend: "gpu" });
+  assertSameRun(auto, onGpu, "auto (host) vs gpu");
 });
 
 Deno.test("chunked points, short centroid ranges and any group count give the same run", async () => {
   const gpu = await getGpu();
   const N = 5000, d = 4, n = 300;
   const x = blobs(N, d, 20, 12);
-  const base = await kmeans(gpu, x, N, d, n, { iters: 5, seed: 3 });
+  const base = await kmeans(gpu, x, N, d, n, { iters: 5, seed: 3, backend: "gpu" });
   const chunked = await kmeans(gpu, x, N, d, n, {
+    backend: "gpu",
     iters: 5,
     seed: 3,
     maxPointsPerDispatch: 1111,
     maxCentroidsPerDispatch: 37,
   });
   assertSameRun(chunked, base, "chunked");
-  const oneGroup = await kmeans(gpu, x, N, d, n, { iters: 5, seed: 3, maxGroups: 1 });
+  const oneGroup = await kmeans(gpu, x, N, d, n, {
+    iters: 5,
+    seed: 3,
+    maxGroups: 1,
+    backend: "gpu",
+  });
   assertSameRun(oneGroup, base, "one group");
   const brute = await kmeans(gpu, x, N, d, n, {
+    backend: "gpu",
     iters: 5,
     seed: 3,
     accelerate: false,
@@ -192,6 +282,8 @@ Deno.test("empty clusters are re-seeded from the points of largest error", async
   assert.equal(got.objective, 0);
   const brute = await kmeans(gpu, x, N, d, n, { iters, seed: 4, accelerate: false });
   assertSameRun(got, brute, "accelerated vs brute force with duplicates");
+  const onGpu = await kmeans(gpu, x, N, d, n, { iters, seed: 4, backend: "gpu" });
+  assertSameRun(onGpu, brute, "GPU with duplicates");
 });
 
 Deno.test("re-seeded centroids (long jumps) keep accelerated equal to brute force", async () => {
@@ -206,9 +298,16 @@ Deno.test("re-seeded centroids (long jumps) keep accelerated equal to brute forc
     const v = rng.int(400);
     x.set(distinct.subarray(v * d, v * d + d), i * d);
   }
-  const fast = await kmeans(gpu, x, N, d, n, { iters: 8, seed: 6 });
-  const slow = await kmeans(gpu, x, N, d, n, { iters: 8, seed: 6, accelerate: false });
+  const fast = await kmeans(gpu, x, N, d, n, { iters: 8, seed: 6, backend: "gpu" });
+  const slow = await kmeans(gpu, x, N, d, n, {
+    iters: 8,
+    seed: 6,
+    accelerate: false,
+    backend: "gpu",
+  });
   assertSameRun(fast, slow, "with re-seeding");
+  const host = await kmeans(gpu, x, N, d, n, { iters: 8, seed: 6, backend: "host" });
+  assertSameRun(host, slow, "host with re-seeding");
 });
 
 Deno.test("update re-seeds empty clusters: largest error first, ties by lowest index", () => {
@@ -246,8 +345,11 @@ Deno.test("kmeansGpuBytes predicts the GPU memory a run allocates", async () => 
   ) {
     const live = gpu.bytesLive;
     gpu.bytesPeak = live;
-    await kmeans(gpu, x, 5000, 4, 300, { iters: 1, ...opts });
-    assert.equal(gpu.bytesPeak - live, kmeansGpuBytes(5000, 4, 300, gpu.limits.maxBinding, opts));
+    await kmeans(gpu, x, 5000, 4, 300, { iters: 1, backend: "gpu", ...opts });
+    assert.equal(
+      gpu.bytesPeak - live,
+      kmeansGpuBytes(5000, 4, 300, gpu.limits.maxBinding, { iters: 1, ...opts }),
+    );
     assert.equal(gpu.bytesLive, live, "every buffer released");
   }
 });
@@ -264,9 +366,17 @@ Deno.test({
     index.close();
     const d = 4, n = 256;
     const { x, N } = vectorize(w, out, inDim, d);
-    const fast = await kmeans(gpu, x, N, d, n, { iters: 20, seed: 1 });
-    const slow = await kmeans(gpu, x, N, d, n, { iters: 20, seed: 1, accelerate: false });
+    const fast = await kmeans(gpu, x, N, d, n, { iters: 20, seed: 1, backend: "gpu" });
+    const slow = await kmeans(gpu, x, N, d, n, {
+      iters: 20,
+      seed: 1,
+      accelerate: false,
+      backend: "gpu",
+    });
     assertSameRun(fast, slow, "q_proj");
     assert.ok(fast.distanceEvals < slow.distanceEvals);
+    const host = await kmeans(gpu, x, N, d, n, { iters: 20, seed: 1, backend: "host" });
+    assertSameRun(host, slow, "q_proj on the host");
+    assert.ok(host.distanceEvals < slow.distanceEvals);
   },
 });

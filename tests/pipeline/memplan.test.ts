@@ -124,7 +124,8 @@ for (const { model, calib, text, shared } of MODELS) {
       const rows: string[] = [];
       let bad = "";
       for (const [stage, p, measured] of checks) {
-        const err = Math.abs(p - measured) / measured;
+        // Both 0 (a stage that held nothing, e.g. clustering on the host) is exact.
+        const err = p === measured ? 0 : Math.abs(p - measured) / measured;
         rows.push(`${stage}: planned ${p} measured ${measured} (${(100 * err).toFixed(1)}%)`);
         if (!(err <= 0.1)) bad += `${stage} off by ${(100 * err).toFixed(1)}%; `;
       }
