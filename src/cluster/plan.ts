@@ -208,14 +208,39 @@ export async function planMatrices(
       );
       continue;
     }
-    const errors: { d: number; n: number; mse: number }[] = [];
-    for (const c of candidates) errors.push({ ...c, mse: await sampleError(lin.kind, c.d, c.n) });
-    errors.sort((a, b) => a.mse - b.mse || a.d - b.d);
+    const errors = await searchD(candidates, (c) => sampleError(lin.kind, c.d, c.n));
     const best = errors[0];
     const others = errors.slice(1, 4).map((e) => `d=${e.d}:${e.mse.toExponential(2)}`).join(" ");
     plans.push(make(best.d, best.n, `lowest sample mse ${best.mse.toExponential(2)} (${others})`));
   }
   return plans;
+}
+
+/**
+ * The candidates' sample errors, lowest first, measuring only some: the powers of two first,
+ * then the neighbours (next smaller and larger d) of the best so far until they are measured too
+ * (a local minimum in d). The error falls and then rises with d at a fixed bit budget, so this
+ * finds the best pair with about 6 sample runs instead of one per candidate.
+ */
+export async function searchD(
+  candidates: { d: number; n: number }[],
+  error: (c: { d: number; n: number }) => Promise<number>,
+): Promise<{ d: number; n: number; mse: number }[]> {
+  const sorted = [...candidates].sort((a, b) => a.d - b.d);
+  const seen = new Map<number, { d: number; n: number; mse: number }>();
+  const measure = async (c: { d: number; n: number } | undefined) => {
+    if (c && !seen.has(c.d)) seen.set(c.d, { ...c, mse: await error(c) });
+  };
+  const ranked = () => [...seen.values()].sort((a, b) => a.mse - b.mse || a.d - b.d);
+  for (const c of sorted) if ((c.d & (c.d - 1)) === 0) await measure(c);
+  if (seen.size === 0) await measure(sorted[0]);
+  for (;;) {
+    const before = seen.size;
+    const i = sorted.findIndex((c) => c.d === ranked()[0].d);
+    await measure(sorted[i - 1]);
+    await measure(sorted[i + 1]);
+    if (seen.size === before) return ranked();
+  }
 }
 
 /** Total bits per weight over all compressed matrices of the model. */

@@ -7,6 +7,7 @@ import {
   matrixBits,
   MAX_D,
   planMatrices,
+  searchD,
   validatePair,
 } from "../../src/cluster/plan.ts";
 import { UserError } from "../../src/errors.ts";
@@ -116,4 +117,21 @@ Deno.test("plan: validatePair and planMatrices refuse bad settings with a UserEr
       return true;
     });
   }
+});
+
+Deno.test("plan: searchD finds the lowest sample error of a valley in d with fewer runs", async () => {
+  const candidates = Array.from({ length: 10 }, (_, i) => ({ d: i + 1, n: 16 }));
+  for (const best of [1, 3, 6, 10]) {
+    let runs = 0;
+    const r = await searchD(candidates, (c) => {
+      runs++;
+      return Promise.resolve((c.d - best) ** 2 + 1);
+    });
+    assert.equal(r[0].d, best, `valley at d = ${best}`);
+    assert.ok(runs <= 8, `${runs} sample runs (of 10 candidates) for a valley at d = ${best}`);
+    assert.deepEqual(r.map((e) => e.mse), [...r.map((e) => e.mse)].sort((a, b) => a - b));
+  }
+  // Only some candidates (e.g. d = 3 only): that one.
+  const one = await searchD([{ d: 3, n: 64 }], () => Promise.resolve(1));
+  assert.deepEqual(one.map((e) => e.d), [3]);
 });

@@ -76,15 +76,26 @@ Deno.test({
     });
 
     await t.step("a second concurrent run is refused; a stale lock is recovered", async () => {
-      const first = spawnCompress(`${dir}/locked`);
+      // Long enough (200 epochs) to still hold the lock when the second run starts; the third
+      // run recomputes finetuning with the shared settings.
+      const first = spawnCompress(`${dir}/locked`, ["--epochs", "200"]);
+      // Read its stderr to the end (a closed pipe would end the run early), noting when
+      // clustering has begun: the lock is held from then on.
       const dec = new TextDecoder();
-      let seen = "";
-      for await (const chunk of first.stderr) {
-        seen += dec.decode(chunk);
-        if (seen.includes('"stage":"cluster"')) break;
-      }
+      let begun!: () => void;
+      const clustering = new Promise<void>((r) => begun = r);
+      const drained = (async () => {
+        let seen = "";
+        for await (const chunk of first.stderr) {
+          seen += dec.decode(chunk);
+          if (seen.includes('"stage":"cluster"')) begun();
+        }
+        begun();
+      })();
+      await clustering;
       const second = await runTask("compress", compressArgs(STORIES, `${dir}/locked`, FLAGS));
       assert.ok(await killLanded(first), "the first run finished before it was killed");
+      await drained;
       assert.equal(second.code, 1);
       assert.match(second.stderr, /is in use by process \d+/);
       // The killed process left its lock behind: a stale lock names a process that is gone.
@@ -92,7 +103,10 @@ Deno.test({
         `${dir}/locked.work/lock`,
         JSON.stringify({ pid: 999_999_999, host: hostname() }),
       );
-      const third = await runTask("compress", compressArgs(STORIES, `${dir}/locked`, FLAGS));
+      const third = await runTask(
+        "compress",
+        compressArgs(STORIES, `${dir}/locked`, [...FLAGS, "--restart", "finetune"]),
+      );
       assert.equal(third.code, 0, third.stderr);
       await assertSameOutputs(`${dir}/whole`, `${dir}/locked`);
     });
