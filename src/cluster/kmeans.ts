@@ -8,9 +8,10 @@
 //
 // Acceleration, exact (Ding et al. 2015's Yinyang group bounds, Hamerly 2010's upper bound and
 // centroid gap): the initial centroids are put in k-d order so that G index ranges ("groups",
-// 16 by default, up to 128 for large n) are compact in space. Each point carries, between iterations, one lower bound
-// per group on the distance to every centroid of the group other than its own centroid a. Each
-// pass computes u = |x - c_a| exactly (one distance per point) and shrinks each group's bound by
+// 16 by default, up to 128 for large n) are compact in space. Each point carries, between
+// iterations, one lower bound per group on the distance to every centroid of the group other
+// than its own centroid a. Each pass computes u = |x - c_a| exactly (one distance per point) and
+// shrinks each group's bound by
 // the group's largest centroid movement, except for the J (32) centroids that moved most in the
 // whole run: those are bounded one by one through |x - c_j| >= |c_a - c_j| - u, with the
 // centroid distances tabulated on the host, so that a few far-flung centroids (tails, re-seeded
@@ -73,8 +74,8 @@ export interface KmeansOptions {
    * trip and no GPU memory. "auto": the host when a pass is small (N * n * d <= HOST_MAX_WORK),
    * where the GPU's fixed cost per readback (~13 ms on llvmpipe, one per pass) would dominate.
    * Results are the same whichever runs (on llvmpipe, bit for bit; see HostAssigner). The
-   * default stays "gpu" because the memory planner (src/pipeline/memplan.ts) and its test take
-   * the cluster stage's GPU peak to be kmeansGpuBytes; planning's sample runs use "auto".
+   * cluster stage and planning's sample runs use "auto" (the memory plan counts no GPU bytes for
+   * a matrix assigned on the host).
    */
   backend?: "auto" | "gpu" | "host";
 }
