@@ -8,11 +8,12 @@
 // packing hold U8 / U16 codes [in, ceil(out / d)] (codes_dtype "U8" / "U16"); both load.
 import { existsSync } from "node:fs";
 import { z } from "zod";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { decodeT } from "../cluster/vectorize.ts";
 import { rtnDequantize } from "../cluster/rtn.ts";
 import { UserError } from "../errors.ts";
 import { type LinearKind, type LinearName, linearNames, type ModelConfig } from "../io/config.ts";
+import { besideName, replaceFolder } from "../io/atomic.ts";
 import { type Dtype, SafetensorsIndex, writeSafetensors } from "../io/safetensors.ts";
 import type { CodebookData, WeightSource } from "../model/weights.ts";
 import { transpose } from "../util/matrix.ts";
@@ -338,8 +339,9 @@ export interface WriteOptions {
 
 /**
  * Writes a model folder (compressed when `qc` is given, dense otherwise) atomically: everything
- * goes to a temporary folder beside `outDir`, which is renamed into place at the end. Shard 1
- * holds the non-block tensors, shard i + 2 block i.
+ * goes to a temporary folder beside `outDir`, which replaceFolder moves into place at the end
+ * (an existing `outDir` stays whole until the new one is complete). Shard 1 holds the non-block
+ * tensors, shard i + 2 block i.
  */
 export async function writeCompressedModel(
   srcDir: string,
@@ -351,9 +353,29 @@ export async function writeCompressedModel(
   beforeRename?: (tmpDir: string) => Promise<void>,
   opts: WriteOptions = {},
 ): Promise<void> {
-  const tmp = `${outDir}.tmp-${Deno.pid}`;
-  await Deno.remove(tmp, { recursive: true }).catch(() => {});
-  await Deno.mkdir(tmp, { recursive: true });
+  await Deno.mkdir(dirname(outDir), { recursive: true });
+  const tmp = besideName(outDir, "tmp");
+  await Deno.mkdir(tmp);
+  try {
+    await writeModelFiles(tmp, srcDir, cfg, qc, blockTensors, index, opts);
+    await beforeRename?.(tmp);
+    await replaceFolder(tmp, outDir);
+  } catch (e) {
+    await Deno.remove(tmp, { recursive: true }).catch(() => {});
+    throw e;
+  }
+}
+
+/** The folder's files, written into `tmp` (writeCompressedModel's body). */
+async function writeModelFiles(
+  tmp: string,
+  srcDir: string,
+  cfg: ModelConfig,
+  qc: QuantizationConfig | null,
+  blockTensors: (layer: number) => Promise<TensorBytes[]>,
+  index: SafetensorsIndex,
+  opts: WriteOptions,
+): Promise<void> {
   const config = JSON.parse(await Deno.readTextFile(join(srcDir, "config.json")));
   if (qc) config.quantization_config = qc;
   else delete config.quantization_config;
@@ -388,9 +410,6 @@ export async function writeCompressedModel(
     join(tmp, "model.safetensors.index.json"),
     JSON.stringify({ metadata: { format: "pt" }, weight_map: sorted }, null, 2) + "\n",
   );
-  await beforeRename?.(tmp);
-  if (existsSync(outDir)) await Deno.remove(outDir, { recursive: true });
-  await Deno.rename(tmp, outDir);
 }
 
 async function writeShard(

@@ -6,7 +6,7 @@
 // __metadata__ and every other tensor's bytes stay exactly as they were.
 import { basename, dirname, join, resolve } from "node:path";
 import { UserError } from "../errors.ts";
-import { syncDir } from "../io/atomic.ts";
+import { besideName, replaceFolder, syncDir } from "../io/atomic.ts";
 import {
   type Dtype,
   f32ToBf16Bytes,
@@ -70,14 +70,12 @@ async function writeAllAt(f: Deno.FsFile, offset: number, data: Uint8Array): Pro
   while (done < data.length) done += await f.write(data.subarray(done));
 }
 
-/** Copies src to dst, overwrites the given tensors' bytes and fsyncs dst. */
-async function copyPatched(
-  src: string,
+/** Overwrites the given tensors' bytes of a shard where they lie, and fsyncs it. */
+async function patchFile(
   dst: string,
   patches: TensorInfo[],
   replace: Map<string, Float32Array>,
 ): Promise<void> {
-  await Deno.copyFile(src, dst);
   const f = await Deno.open(dst, { read: true, write: true });
   try {
     for (const t of patches) {
@@ -129,47 +127,6 @@ async function copyTree(
   }
 }
 
-/** A name beside `path` that does not exist yet. */
-function besideName(path: string, tag: string): string {
-  const rand = crypto.getRandomValues(new Uint32Array(1))[0].toString(36);
-  return join(dirname(path), `.${basename(path)}.${tag}-${Deno.pid}-${rand}`);
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.lstat(path);
-    return true;
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return false;
-    throw e;
-  }
-}
-
-/**
- * Moves the finished folder `tmp` to `out`. An existing `out` is renamed aside first, the new one
- * renamed in, then the old one removed; if the second rename fails the old one is put back. At
- * every moment `out` is either the complete old folder, absent (between the two renames), or the
- * complete new one.
- */
-export async function replaceFolder(tmp: string, out: string): Promise<void> {
-  const parent = dirname(out);
-  if (!(await exists(out))) {
-    await Deno.rename(tmp, out);
-    await syncDir(parent);
-    return;
-  }
-  const old = besideName(out, "old");
-  await Deno.rename(out, old);
-  try {
-    await Deno.rename(tmp, out);
-  } catch (e) {
-    await Deno.rename(old, out);
-    throw e;
-  }
-  await syncDir(parent);
-  await Deno.remove(old, { recursive: true });
-}
-
 /**
  * Writes `src` to `out` with the tensors in `replace` (HF name -> flat f32 values) replaced:
  * each is converted to its stored dtype (F32, F16 or BF16, round to nearest even) and keeps its
@@ -215,7 +172,8 @@ export async function writeUpdatedFolder(
     await copyTree(resolve(src), tmp, skip, async (from, to) => {
       const list = patches.get(from);
       if (list) {
-        await copyPatched(from, to, list, replace);
+        await Deno.copyFile(from, to);
+        await patchFile(to, list, replace);
         patches.delete(from);
       } else {
         await Deno.copyFile(from, to);
@@ -234,4 +192,20 @@ export async function writeUpdatedFolder(
     await Deno.remove(tmp, { recursive: true }).catch(() => {});
     throw e;
   }
+}
+
+/**
+ * Replaces tensors of a folder no one else sees yet (e.g. compress's temporary output before it
+ * moves into place), in place: each shard's replaced bytes are overwritten where they lie, no
+ * copy. Checks as writeUpdatedFolder, before writing anything.
+ */
+export async function patchFolder(dir: string, replace: Map<string, Float32Array>): Promise<void> {
+  const index = await SafetensorsIndex.open(dir);
+  let byFile: Map<string, TensorInfo[]>;
+  try {
+    byFile = checkReplacements(index, replace);
+  } finally {
+    index.close();
+  }
+  for (const [file, list] of byFile) await patchFile(file, list, replace);
 }

@@ -1,5 +1,5 @@
 // Atomic file writes: temp file, fsync, rename, fsync of the folder.
-import { dirname, join } from "node:path";
+import { basename, dirname, join } from "node:path";
 import { UserError } from "../errors.ts";
 
 export async function writeFileAtomic(path: string, data: Uint8Array): Promise<void> {
@@ -40,4 +40,45 @@ export async function checkWritable(out: string): Promise<void> {
   } catch (e) {
     throw new UserError(`Cannot write ${out}: ${(e as Error).message.split("\n")[0]}`);
   }
+}
+
+/** A name beside `path` that does not exist yet. */
+export function besideName(path: string, tag: string): string {
+  const rand = crypto.getRandomValues(new Uint32Array(1))[0].toString(36);
+  return join(dirname(path), `.${basename(path)}.${tag}-${Deno.pid}-${rand}`);
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.lstat(path);
+    return true;
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return false;
+    throw e;
+  }
+}
+
+/**
+ * Moves the finished folder `tmp` to `out`. An existing `out` is renamed aside first, the new one
+ * renamed in, then the old one removed; if the second rename fails the old one is put back. At
+ * every moment `out` is either the complete old folder, absent (between the two renames), or the
+ * complete new one.
+ */
+export async function replaceFolder(tmp: string, out: string): Promise<void> {
+  const parent = dirname(out);
+  if (!(await exists(out))) {
+    await Deno.rename(tmp, out);
+    await syncDir(parent);
+    return;
+  }
+  const old = besideName(out, "old");
+  await Deno.rename(out, old);
+  try {
+    await Deno.rename(tmp, out);
+  } catch (e) {
+    await Deno.rename(old, out);
+    throw e;
+  }
+  await syncDir(parent);
+  await Deno.remove(old, { recursive: true });
 }

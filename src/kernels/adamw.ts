@@ -74,3 +74,23 @@ export function adamw(
     ], [gx, gy]);
   }
 }
+
+/** A trained tensor with its gradient and AdamW moments, all `size` f32 values. */
+export interface AdamWParam {
+  t: { all: BufferRange; size: number };
+  grad: { all: BufferRange };
+  m: { all: BufferRange };
+  v: { all: BufferRange };
+  /** Weight decay applies (linears, embeddings, codebooks; not norms). */
+  decay: boolean;
+}
+
+/** One AdamW step on every parameter: weight decay `s.weightDecay` where `decay` is set. */
+export function adamwAll(gpu: Gpu, params: AdamWParam[], s: AdamWStep): void {
+  for (const p of params) {
+    adamw(gpu, p.t.all, p.grad.all, p.m.all, p.v.all, p.t.size, {
+      ...s,
+      weightDecay: p.decay ? s.weightDecay : 0,
+    });
+  }
+}

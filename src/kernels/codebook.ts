@@ -1,7 +1,6 @@
 // ClusComp codebook kernels for finetuning with fixed codes: decode W^T from centroids and
 // codes, and the centroid gradient as deterministic segment sums over a host-built index of the
 // codes (also used for the embedding gradient, see backward.ts embedBackward).
-import decodeCode from "../../shaders/codebook.wgsl" with { type: "text" };
 import decodeIndexCode from "../../shaders/codebook_decode_index.wgsl" with { type: "text" };
 import gradCode from "../../shaders/codebook_grad.wgsl" with { type: "text" };
 import { type BufferRange, fits, type Gpu, type GpuLimits, grid } from "../gpu/device.ts";
@@ -371,52 +370,8 @@ export function codebookGrad(
 }
 
 /**
- * wT[r, c] = centroids[codes[r * cols + floor(c / d)], c % d] for c < out, cols = ceil(out / d):
- * centroids [n, d] f32, codes [inDim, cols] u32, wT [inDim, out]. Bound in row chunks past the
- * binding limit.
- */
-export function decodeCodebook(
-  gpu: Gpu,
-  centroids: BufferRange,
-  codes: BufferRange,
-  wT: BufferRange,
-  inDim: number,
-  out: number,
-  d: number,
-): void {
-  const cols = Math.ceil(out / d);
-  fits("decodeCodebook", "codes", codes, inDim * cols);
-  fits("decodeCodebook", "wT", wT, inDim * out);
-  fits("decodeCodebook", "centroids", centroids, d);
-  const { align, maxBinding } = gpu.limits;
-  let codeStep = 1;
-  while ((codeStep * cols * 4) % align !== 0) codeStep++;
-  const pipe = gpu.pipeline("codebook", decodeCode, "decode");
-  const wOff = wT.offset ?? 0, cOff = codes.offset ?? 0;
-  const max = gpu.limits.maxWorkgroups;
-  const gx = Math.ceil(cols / 64);
-  if (gx > max) throw new Error(`decodeCodebook: ${cols} codes per row exceed the grid`);
-  for (const ch of rowChunks(inDim, out * 4, maxBinding, align, codeStep)) {
-    const codeRange = {
-      buffer: codes.buffer,
-      offset: cOff + ch.row0 * cols * 4,
-      size: ch.rows * cols * 4,
-    };
-    const wRange = { buffer: wT.buffer, offset: wOff + ch.row0 * out * 4, size: ch.rows * out * 4 };
-    for (let r0 = 0; r0 < ch.rows; r0 += max) {
-      gpu.dispatch(pipe, [
-        new Uint32Array([out, cols, d, r0]),
-        centroids,
-        codeRange,
-        wRange,
-      ], [gx, Math.min(max, ch.rows - r0)]);
-    }
-  }
-}
-
-/**
- * decodeCodebook without the codes: the same W^T [inDim, out] (wT[r, c] = centroids[code of
- * vector (r, floor(c / d)), c % d] for c < out, nothing written past out) read from the code
+ * W^T [inDim, out] decoded from the code index (wT[r, c] = centroids[code of vector
+ * (r, floor(c / d)), c % d] for c < out, nothing written past out), read from the code
  * index `gi` (built over the same codes with the device's chunking, see prepareCodeIndex):
  * every piece writes its codebook entry at its items' positions, each element of W^T exactly
  * once. centroids [n, d] f32 (n = the index's keys). W^T is bound in the index's row chunks.

@@ -23,7 +23,7 @@ import { StageRunner, type Unit } from "../runner/stage.ts";
 import { originalBitsPerWeight, writeReport } from "./report.ts";
 import type { CompressResult, CompressSettings } from "./result.ts";
 import { WorkDir } from "../io/workdir.ts";
-import { writeUpdatedFolder } from "../format/update.ts";
+import { patchFolder } from "../format/update.ts";
 import { trainCompressed } from "./train.ts";
 import { checkWritable } from "../io/atomic.ts";
 
@@ -231,7 +231,8 @@ async function finishFolder(
   if (s.recover) {
     runner.enter("recover", gpu);
     const r = await trainCompressed({ ...s.recover, teacher: s.model }, tmp, runner);
-    if (r.best.size > 0) await writeUpdatedFolder(tmp, tmp, r.best);
+    // tmp is not in place yet: its shards are patched where they lie, not copied.
+    if (r.best.size > 0) await patchFolder(tmp, r.best);
     result.recover = { report: r.report, settings: r.settings, data: r.data };
     result.seconds.recover = (performance.now() - t) / 1000;
     t = performance.now();

@@ -28,7 +28,7 @@ import type { BufferRange, Gpu, GpuLimits } from "../gpu/device.ts";
 import { rowChunks, Tensor } from "../gpu/tensor.ts";
 import { type LinearKind, linearNames, type ModelConfig, ropeInvFreq } from "../io/config.ts";
 import { unpackCodes } from "../io/pack.ts";
-import { adamw } from "../kernels/adamw.ts";
+import { adamwAll } from "../kernels/adamw.ts";
 import { NO_TARGET, rmsnormBackward, softmaxXentBackward } from "../kernels/backward.ts";
 import {
   buildCodeIndex,
@@ -559,16 +559,14 @@ export class CodebookTrainer {
   /** One AdamW step on every trained tensor with the accumulated gradients. */
   applyUpdate(lr: number): void {
     this.steps++;
-    for (const p of this.params) {
-      adamw(this.gpu, p.t.all, p.grad.all, p.m.all, p.v.all, p.t.size, {
-        lr,
-        beta1: this.beta1,
-        beta2: this.beta2,
-        eps: this.eps,
-        weightDecay: p.decay ? this.wd : 0,
-        step: this.steps,
-      });
-    }
+    adamwAll(this.gpu, this.params, {
+      lr,
+      beta1: this.beta1,
+      beta2: this.beta2,
+      eps: this.eps,
+      weightDecay: this.wd,
+      step: this.steps,
+    });
     this.decodedT = this.decodedW = -1;
     if (this.headP) {
       transposeGpu(this.gpu, this.headT.all, this.headW.all, this.cfg.hidden, this.cfg.vocab);

@@ -76,17 +76,29 @@ const segmentUnit = (end: number) => `train/step-${String(end).padStart(7, "0")}
 export const BEST_UNIT = "train/best";
 const BestInfo = z.object({ step: z.number().int().positive(), nll: z.number() });
 
-/** The windows of optimizer step `step` (1-based): epochs of a seeded shuffle, `batch` each. */
-export function stepWindows(n: number, batch: number, step: number, seed: number): number[] {
-  const perEpoch = Math.ceil(n / batch);
-  const epoch = Math.floor((step - 1) / perEpoch), k = (step - 1) % perEpoch;
-  const order = Array.from({ length: n }, (_, i) => i);
-  const rng = new Rng(seed * 104729 + epoch);
-  for (let i = n - 1; i > 0; i--) {
-    const j = rng.int(i + 1);
-    [order[i], order[j]] = [order[j], order[i]];
+/**
+ * The windows of each optimizer step (1-based): epochs of a seeded shuffle, `batch` each. The
+ * shuffle of the current epoch is made once, not per step.
+ */
+export class StepWindows {
+  private epoch = -1;
+  private order: number[] = [];
+  constructor(readonly n: number, readonly batch: number, readonly seed: number) {}
+
+  of(step: number): number[] {
+    const perEpoch = Math.ceil(this.n / this.batch);
+    const epoch = Math.floor((step - 1) / perEpoch), k = (step - 1) % perEpoch;
+    if (epoch !== this.epoch) {
+      this.order = Array.from({ length: this.n }, (_, i) => i);
+      const rng = new Rng(this.seed * 104729 + epoch);
+      for (let i = this.n - 1; i > 0; i--) {
+        const j = rng.int(i + 1);
+        [this.order[i], this.order[j]] = [this.order[j], this.order[i]];
+      }
+      this.epoch = epoch;
+    }
+    return this.order.slice(k * this.batch, Math.min(this.n, (k + 1) * this.batch));
   }
-  return order.slice(k * batch, Math.min(n, (k + 1) * batch));
 }
 
 /** Ends of the segments: every evalEvery steps, and the last step. */
@@ -169,6 +181,7 @@ export async function trainStage(
       seconds: 0,
     };
     const ends = segmentEnds(s.steps, s.evalEvery);
+    const windowsOf = new StepWindows(inp.train.length, s.batch, s.seed);
     // The trainer holds the state after `live` steps (0: the input model).
     let live = 0;
     const units = ends.map((end, i) => ({
@@ -195,8 +208,7 @@ export async function trainStage(
             total: s.steps + 1,
             schedule: s.schedule,
           });
-          const batch = stepWindows(inp.train.length, s.batch, step, s.seed)
-            .map((j) => inp.train[j]);
+          const batch = windowsOf.of(step).map((j) => inp.train[j]);
           const loss = await trainer.step(batch, lr);
           p.losses.push({ step, loss, lr });
           p.tokens += batch.reduce((a, w) => a + counted(w), 0);

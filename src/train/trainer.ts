@@ -14,7 +14,7 @@ import {
   ropeInvFreq,
 } from "../io/config.ts";
 import { type Dtype, f32ToBf16Bytes } from "../io/safetensors.ts";
-import { adamw } from "../kernels/adamw.ts";
+import { adamwAll } from "../kernels/adamw.ts";
 import {
   buildTokenIndex,
   embedBackward,
@@ -229,16 +229,14 @@ export class Trainer {
   /** One AdamW step with the accumulated gradients, then the W copies are refreshed. */
   applyUpdate(lr: number): void {
     this.steps++;
-    for (const p of this.params) {
-      adamw(this.gpu, p.t.all, p.grad.all, p.m.all, p.v.all, p.t.size, {
-        lr,
-        beta1: this.beta1,
-        beta2: this.beta2,
-        eps: this.eps,
-        weightDecay: p.decay ? this.wd : 0,
-        step: this.steps,
-      });
-    }
+    adamwAll(this.gpu, this.params, {
+      lr,
+      beta1: this.beta1,
+      beta2: this.beta2,
+      eps: this.eps,
+      weightDecay: this.wd,
+      step: this.steps,
+    });
     this.refreshCopies();
   }
 
