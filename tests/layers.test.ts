@@ -10,6 +10,8 @@ const ROOT = fileURLToPath(new URL("../", import.meta.url));
 export const LAYERS: Record<string, number> = {
   cli: 6,
   bench: 6,
+  serve: 6,
+  web: 6,
   pipeline: 5,
   method: 4,
   cluster: 4,
