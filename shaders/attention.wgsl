@@ -21,7 +21,8 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> s: array<f32>; // [heads, T, nq], in place
 
-const LOWEST: f32 = -3.4028235e38;
+// -f32 max, written below it: Tint rejects -3.4028235e38 (its decimal value is past f32 max).
+const LOWEST: f32 = -3.40282346e38;
 
 // Scaled score of key j, or LOWEST past hi.
 fn sv(base: u32, j: u32, hi: u32) -> f32 {

@@ -7,10 +7,12 @@ import { benchCompress } from "../src/bench/compress.ts";
 import { benchEval } from "../src/bench/eval.ts";
 import { benchFinetuneStep } from "../src/bench/finetune.ts";
 import { benchKmeans } from "../src/bench/kmeans.ts";
-import { qualityRows } from "../src/bench/quality.ts";
+import { qualityRows, qualityTable } from "../src/bench/quality.ts";
 import { benchMatmul } from "../src/bench/matmul.ts";
+import { benchServe } from "../src/bench/serve.ts";
 import { measureThroughput } from "../src/bench/timeplan.ts";
 import { benchTrain } from "../src/bench/train.ts";
+import { benchWeb } from "../src/bench/web.ts";
 import { parseFlags } from "../src/cli/args.ts";
 import { runMain } from "../src/cli/main.ts";
 import { getGpu } from "../src/gpu/device.ts";
@@ -68,7 +70,10 @@ await runMain(async (argv) => {
   }
   if (want("finetune")) {
     const dir = `${shared}/fixtures/tinyllama-6.8m`;
-    if (existsSync(dir)) emit(await benchFinetuneStep(gpu, dir, 128, quick ? 3 : 20));
+    // 1, 2, 4 and 8 windows per step, each beside the PyTorch peer at the same windows.
+    for (const B of [1, 2, 4, 8]) {
+      if (existsSync(dir)) emit(await benchFinetuneStep(gpu, dir, 128, quick ? 3 : 20, B));
+    }
   }
   if (want("train")) {
     // Whole-model codebook training against dense training, kjv-llama at ~2 bits.
@@ -83,6 +88,24 @@ await runMain(async (argv) => {
     else console.error(`bench: ${dir} missing, compress skipped`);
   }
   if (want("timeplan")) emit({ name: "timeplan", ...(await measureThroughput(gpu)) });
+  if (want("serve")) {
+    // The OpenAI-style server on kjv-llama at ~2 bits: streamed completions, 1 / 4 / 16 clients.
+    const kjv = fileURLToPath(new URL("../fixtures/kjv-llama", import.meta.url));
+    const folder = await benchFolder(kjv, quick ? 2 : 10);
+    const opts = { concurrency: [1, 4, 16], perClient: quick ? 1 : 3, promptTokens: 32 };
+    const rows = await benchServe(gpu, folder, `${kjv}/heldout.txt`, {
+      ...opts,
+      maxTokens: quick ? 8 : 32,
+    });
+    for (const row of rows) emit({ ...row, model: "kjv-llama" });
+  }
+  if (want("web")) {
+    // The browser page (headless Chromium's WebGPU) against `deno task generate`, greedy, on
+    // kjv-llama at ~2 bits.
+    const kjv = fileURLToPath(new URL("../fixtures/kjv-llama", import.meta.url));
+    const folder = await benchFolder(kjv, quick ? 2 : 10);
+    emit({ ...(await benchWeb(folder, "In the beginning", quick ? 8 : 32)), model: "kjv-llama" });
+  }
   if (want("quality")) {
     // ClusComp (no finetuning) against RTN at the same bits: wiki ppl, seqlen 128, 64 windows.
     const wiki = `${shared}/data/wikitext2/wiki.test.raw`;
@@ -93,6 +116,10 @@ await runMain(async (argv) => {
         continue;
       }
       await qualityRows(dir, wiki, undefined, quick ? 8 : 64, emit);
+      // RTN, GPTQ, ClusComp plain / activation-aware, +- finetuning at ~4, 3, 2.3, 2 bits.
+      const stories = `${shared}/data/tinystories/tinystories_val.txt`;
+      const reduced = { targets: [2.3], maxWindows: 8, epochs: 2 };
+      await qualityTable(dir, wiki, stories, quick ? reduced : {}, emit);
     }
   }
 });

@@ -5,6 +5,7 @@ import { exportMain } from "../src/cli/export.ts";
 import { finetuneMain } from "../src/cli/finetune.ts";
 import { generateMain } from "../src/cli/generate.ts";
 import { planMain } from "../src/cli/plan.ts";
+import { serveMain } from "../src/cli/serve.ts";
 import { runMain } from "../src/cli/main.ts";
 import { UserError } from "../src/errors.ts";
 
@@ -15,6 +16,7 @@ const COMMANDS: Record<string, (argv: string[]) => Promise<number>> = {
   finetune: finetuneMain,
   generate: generateMain,
   plan: planMain,
+  serve: serveMain,
 };
 
 await runMain((argv) => {

@@ -4,12 +4,12 @@
 One Llama decoder block at a model's shapes (RMSNorm with unit weights, q/k/v/o with rotate_half
 RoPE and GQA, causal attention, SiLU-gated MLP) whose seven linears are ClusComp codebooks:
 W^T [in, out] = C[codes] gathered inside the graph (C [n, d], codes [in, out / d]), so the
-gradient reaches the codebooks. Per step, like benchFinetuneStep: forward of one window of T
-random tokens, MSE to a random target, backward, AdamW (lr 1e-4, betas 0.9/0.999, eps 1e-8,
+gradient reaches the codebooks. Per step, like benchFinetuneStep: forward of B windows of T
+random tokens (attention within each window), MSE to a random target, backward, AdamW (lr 1e-4, betas 0.9/0.999, eps 1e-8,
 weight decay 0.1) on the seven codebooks. Prints one JSON line: median and min step
-milliseconds and tokens/s.
+milliseconds, process CPU milliseconds per step, and tokens/s.
 
-Usage: /usr/bin/python3 torch_block_finetune.py MODEL_DIR T STEPS [D N]
+Usage: /usr/bin/python3 torch_block_finetune.py MODEL_DIR T STEPS [D N [B]]
 Run with Debian's python3-torch and libopenblas0-pthread; OPENBLAS_CORETYPE and
 OPENBLAS_L2_SIZE unset; two threads. A peer for the benchmark only: cluscomp never depends on it.
 """
@@ -25,6 +25,7 @@ def main():
     model_dir, T, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     d = int(sys.argv[4]) if len(sys.argv) > 4 else 4
     n = int(sys.argv[5]) if len(sys.argv) > 5 else 256
+    B = int(sys.argv[6]) if len(sys.argv) > 6 else 1
     torch.set_num_threads(2)
     torch.manual_seed(7)
     with open(f"{model_dir}/config.json") as f:
@@ -48,8 +49,8 @@ def main():
     cos = torch.cat([ang.cos(), ang.cos()], -1).float()  # [T, hd]
     sin = torch.cat([ang.sin(), ang.sin()], -1).float()
     mask = torch.full((T, T), float("-inf")).triu(1)
-    x = torch.randn(T, H)
-    want = torch.randn(T, H)
+    x = torch.randn(B, T, H)
+    want = torch.randn(B, T, H)
     opt = torch.optim.AdamW(list(books.values()), lr=1e-4, betas=(0.9, 0.999), eps=1e-8,
                             weight_decay=0.1)
 
@@ -60,20 +61,20 @@ def main():
     def rms(t):
         return t * torch.rsqrt(t.pow(2).mean(-1, keepdim=True) + eps)
 
-    def rot(t):  # [heads, T, hd]
+    def rot(t):  # [B, heads, T, hd]
         a, b = t[..., : hd // 2], t[..., hd // 2:]
         return t * cos + torch.cat([-b, a], -1) * sin
 
     def block(x):
         h = rms(x)
-        q = (h @ w("q")).view(T, heads, hd).transpose(0, 1)
-        k = (h @ w("k")).view(T, kv, hd).transpose(0, 1)
-        v = (h @ w("v")).view(T, kv, hd).transpose(0, 1)
+        q = (h @ w("q")).view(B, T, heads, hd).transpose(1, 2)
+        k = (h @ w("k")).view(B, T, kv, hd).transpose(1, 2)
+        v = (h @ w("v")).view(B, T, kv, hd).transpose(1, 2)
         q, k = rot(q), rot(k)
-        k = k.repeat_interleave(heads // kv, 0)
-        v = v.repeat_interleave(heads // kv, 0)
-        p = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(hd) + mask, -1)
-        o = (p @ v).transpose(0, 1).reshape(T, heads * hd)
+        k = k.repeat_interleave(heads // kv, 1)
+        v = v.repeat_interleave(heads // kv, 1)
+        p = torch.softmax(q @ k.transpose(2, 3) / math.sqrt(hd) + mask, -1)
+        o = (p @ v).transpose(1, 2).reshape(B, T, heads * hd)
         x2 = x + o @ w("o")
         h2 = rms(x2)
         return x2 + (torch.nn.functional.silu(h2 @ w("gate")) * (h2 @ w("up"))) @ w("down")
@@ -86,17 +87,21 @@ def main():
 
     step()
     times = []
+    cpu0 = time.process_time()
     for _ in range(steps):
         t0 = time.perf_counter()
         step()
         times.append((time.perf_counter() - t0) * 1000)
+    cpu_ms = (time.process_time() - cpu0) * 1000 / steps
     times.sort()
     med = times[len(times) // 2]
     print(json.dumps({
         "peer": f"torch {torch.__version__} eager, {torch.get_num_threads()} threads",
+        "windows": B,
         "median_ms": med,
         "min_ms": times[0],
-        "tokens_per_s": T / (med / 1000),
+        "cpu_ms_per_step": cpu_ms,
+        "tokens_per_s": B * T / (med / 1000),
     }))
 
 

@@ -1,7 +1,9 @@
 // Finetuning step throughput: forward with kept activations, MSE gradient, backward to the
-// codebooks, AdamW and re-decode, for one block of a real model on random codes; beside it, when
-// Debian's python3-torch is installed, bench/peers/torch_block_finetune.py (PyTorch eager on the
-// same block, window and steps; never a dependency).
+// codebooks, AdamW and re-decode, for one block of a real model on random codes, B windows of T
+// tokens per step; beside it, when Debian's python3-torch is installed,
+// bench/peers/torch_block_finetune.py (PyTorch eager on the same block, windows and steps; never a
+// dependency).
+import process from "node:process";
 import { fileURLToPath } from "node:url";
 import { type CodebookData, StudentBlock } from "../finetune/student.ts";
 import type { Gpu } from "../gpu/device.ts";
@@ -16,7 +18,10 @@ export async function benchFinetuneStep(
   modelDir: string,
   T: number,
   steps: number,
+  B = 1,
+  withPeer = true,
 ): Promise<Record<string, unknown>> {
+  const N = B * T;
   const cfg = await loadConfig(modelDir);
   const rng = new Rng(7);
   const d = 4, n = 256;
@@ -37,19 +42,20 @@ export async function benchFinetuneStep(
     ones,
     ones,
     ropeTables(ropeInvFreq(cfg), T),
+    B,
   );
-  const x = await Tensor.from(gpu, new Float32Array(cfg.hidden * T).map(() => rng.normal()), [
-    cfg.hidden,
-    T,
-  ], "x");
-  const want = await Tensor.from(gpu, new Float32Array(cfg.hidden * T).map(() => rng.normal()), [
-    cfg.hidden,
-    T,
-  ], "want");
+  const random = (name: string) =>
+    Tensor.from(
+      gpu,
+      new Float32Array(cfg.hidden * N).map(() => rng.normal()),
+      [cfg.hidden, N],
+      name,
+    );
+  const x = await random("x"), want = await random("want");
   const opt = { lr: 1e-4, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.1 };
   const step = () => {
     const y = s.forward(x, true);
-    mseGrad(gpu, y.all, want.all, s.dy.all, s.sq.all, cfg.hidden, T, 2 / (cfg.hidden * T));
+    mseGrad(gpu, y.all, want.all, s.dy.all, s.sq.all, cfg.hidden, N, 2 / (cfg.hidden * N));
     s.backward();
     s.update(opt);
   };
@@ -57,6 +63,9 @@ export async function benchFinetuneStep(
   await gpu.sync();
   const times: number[] = [];
   const d0 = gpu.dispatches;
+  // Process CPU time (llvmpipe's threads run in this process): steadier than wall time when the
+  // machine is shared.
+  const cpu0 = process.cpuUsage();
   for (let i = 0; i < steps; i++) {
     const t0 = performance.now();
     step();
@@ -64,18 +73,23 @@ export async function benchFinetuneStep(
     times.push(performance.now() - t0);
   }
   const dispatches = (gpu.dispatches - d0) / steps;
+  const cpu = process.cpuUsage(cpu0);
+  const cpuMs = (cpu.user + cpu.system) / 1000 / steps;
   times.sort((a, b) => a - b);
   const median = times[times.length >> 1];
   x.release();
   want.release();
   s.release();
-  const tokensPerS = T / (median / 1000);
-  const peer = await torchBlockFinetune(modelDir, T, steps, d, n);
+  const tokensPerS = N / (median / 1000);
+  const peer = withPeer ? await torchBlockFinetune(modelDir, T, steps, d, n, B) : null;
   return {
     name: "finetune_step",
     model: modelDir.split("/").pop(),
-    shapes: `1 block, ${T} tokens, d=${d} n=${n}`,
+    shapes: `1 block, ${B} x ${T} tokens, d=${d} n=${n}`,
+    windows: B,
     median_ms: median,
+    cpu_ms_per_step: cpuMs,
+    cpu_tokens_per_s: N / (cpuMs / 1000),
     min_ms: times[0],
     tokens_per_s: tokensPerS,
     dispatches_per_step: dispatches,
@@ -88,6 +102,8 @@ export async function benchFinetuneStep(
         // Medians, and best steps (the machine is shared: the minimum is the steadier figure).
         ratio_vs_torch: tokensPerS / (peer.tokens_per_s as number),
         ratio_vs_torch_min: (peer.min_ms as number) / times[0],
+        // CPU time per token, both on two threads: the least load-dependent comparison.
+        ratio_vs_torch_cpu: (peer.cpu_ms_per_step as number) / cpuMs,
       }
       : {}),
   };
@@ -102,6 +118,7 @@ export async function torchBlockFinetune(
   steps: number,
   d: number,
   n: number,
+  B = 1,
 ): Promise<Record<string, unknown> | null> {
   // Debian's OpenBLAS as it tunes itself: no core type or cache size forced.
   const env = Deno.env.toObject();
@@ -124,7 +141,7 @@ export async function torchBlockFinetune(
     );
     return null;
   }
-  const out = await run([PEER, modelDir, `${T}`, `${steps}`, `${d}`, `${n}`]);
+  const out = await run([PEER, modelDir, `${T}`, `${steps}`, `${d}`, `${n}`, `${B}`]);
   const dec = new TextDecoder();
   if (out.code !== 0) {
     console.error(`bench: torch peer failed: ${dec.decode(out.stderr).trim()}`);

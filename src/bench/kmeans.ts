@@ -6,7 +6,7 @@
 import process from "node:process";
 import { fileURLToPath } from "node:url";
 import type { Gpu } from "../gpu/device.ts";
-import { kmeans } from "../cluster/kmeans.ts";
+import { kmeans, type KmeansOptions, usesTree } from "../cluster/kmeans.ts";
 import { Rng } from "../util/rng.ts";
 
 export interface KmeansBench {
@@ -15,6 +15,8 @@ export interface KmeansBench {
   d: number;
   n: number;
   iters: number;
+  /** How the assignment pruned: "tree" (k-d tree candidates), "yinyang" or "none". */
+  pruning: string;
   /** Lloyd iterations actually run (fewer than iters if it converged). */
   iterations: number;
   seconds: number;
@@ -122,17 +124,27 @@ export async function benchKmeans(
   d: number,
   n: number,
   iters: number,
-  opts: { maxGroups?: number; accelerate?: boolean; peer?: boolean } = {},
+  opts: {
+    maxGroups?: number;
+    accelerate?: boolean;
+    pruning?: KmeansOptions["pruning"];
+    peer?: boolean;
+  } = {},
 ): Promise<KmeansBench> {
   const rng = new Rng(1234);
   const x = new Float32Array(N * d);
   for (let i = 0; i < x.length; i++) x[i] = rng.normal();
-  // Warm-up: compiles this d's pipelines.
+  const { peer = true, ...kopts } = opts;
+  const tree = usesTree(d, n, kopts);
+  // Warm-up: compiles this d's pipelines (the tree's from 1,024 centroids on).
   const w = Math.min(N, 4096);
-  await kmeans(gpu, x.subarray(0, w * d), w, d, Math.min(n, 256), { iters: 1, backend: "gpu" });
+  await kmeans(gpu, x.subarray(0, w * d), w, d, Math.min(n, tree ? 1024 : 256), {
+    iters: 1,
+    backend: "gpu",
+    ...kopts,
+  });
   const t0 = performance.now();
   const cpu0 = process.cpuUsage();
-  const { peer = true, ...kopts } = opts;
   const r = await kmeans(gpu, x, N, d, n, { iters, seed: 1, backend: "gpu", ...kopts });
   const seconds = (performance.now() - t0) / 1000;
   const cpu = process.cpuUsage(cpu0);
@@ -143,6 +155,7 @@ export async function benchKmeans(
     d,
     n,
     iters,
+    pruning: (kopts.accelerate ?? true) ? (tree ? "tree" : "yinyang") : "none",
     iterations: r.iterations,
     seconds,
     cpu_seconds: (cpu.user + cpu.system) / 1e6,

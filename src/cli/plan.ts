@@ -13,6 +13,7 @@ import {
 import { measureThroughput } from "../bench/timeplan.ts";
 import { getGpu } from "../gpu/device.ts";
 import { bytesFlag, intFlag, numberFlag, parseFlags } from "./args.ts";
+import { shardPlan, unitList } from "../pipeline/shard.ts";
 
 export const PLAN_HELP = `cluscomp plan: peak GPU and host memory and work-directory disk per stage
 for a model config
@@ -39,6 +40,8 @@ Usage: deno task plan --config CONFIG.json --gpu-memory 48GB [options]
   --max-binding SIZE     the GPU's maxStorageBufferBindingSize (default 2GiB; llvmpipe: 128MiB)
   --context N            tokens of context for the generate row (default max_position_embeddings)
   --no-finetune          plan without the finetune stage
+  --weighting W          none (default) or activations: plan the stats stage (the diagonals)
+  --stats S              the stats stage's statistics: none, diag, or full (GPTQ's Gram matrices)
   --train-seqlen L       rows teacher and train (deno task finetune, compress --recover): window
                          length (default 512)
   --train-windows W      training windows the teacher's top-k is kept for (default 1000)
@@ -62,6 +65,12 @@ runs on the host and has no estimate.
   --holdout F            share of calibration windows held out (default 0.1)
   --extra-term           finetuning fits the extra term too (a second teacher pass)
   --new-tokens N         tokens generated for the generate row (default 256)
+
+Sharding (compress --stage cluster --shard I/N):
+
+  --shards N             the split of the cluster stage's blocks into N shards (by estimated
+                         k-means work, as compress makes it) and each shard's share and, with
+                         --measure or --throughput, estimated time
 `;
 
 export async function planMain(argv: string[]): Promise<number> {
@@ -81,6 +90,8 @@ export async function planMain(argv: string[]): Promise<number> {
     "max-binding": { type: "string" },
     context: { type: "string" },
     "no-finetune": { type: "boolean" },
+    weighting: { type: "string" },
+    stats: { type: "string" },
     "no-train": { type: "boolean" },
     "train-seqlen": { type: "string" },
     "train-windows": { type: "string" },
@@ -94,6 +105,7 @@ export async function planMain(argv: string[]): Promise<number> {
     epochs: { type: "string" },
     holdout: { type: "string" },
     "new-tokens": { type: "string" },
+    shards: { type: "string" },
     json: { type: "boolean" },
     help: { type: "boolean", short: "h" },
   });
@@ -139,6 +151,7 @@ export async function planMain(argv: string[]): Promise<number> {
     finetune: !values["no-finetune"],
     extraTerm: Boolean(values["extra-term"]),
     context: intFlag(cmd, values.context, "context", 1, cfg.maxPositions),
+    ...statsFlags(cmd, values.weighting, values.stats),
     train: values["no-train"] ? undefined : {
       seqlen: intFlag(cmd, values["train-seqlen"], "train-seqlen", 2, 512),
       windows: intFlag(cmd, values["train-windows"], "train-windows", 1, 1000),
@@ -165,6 +178,13 @@ export async function planMain(argv: string[]): Promise<number> {
       train: trainRow,
     })
     : [];
+  const shards = values.shards === undefined ? undefined : shardPlan(
+    cfg,
+    shape,
+    timing,
+    intFlag(cmd, values.shards, "shards", 1),
+    throughput,
+  );
   const timed = (stage: string) => {
     const work = works.find((w) => w.stage === stage);
     return work && throughput ? { work, seconds: estimateSeconds(work, throughput) } : null;
@@ -182,6 +202,7 @@ export async function planMain(argv: string[]): Promise<number> {
       disk: disk ?? null,
       stages: rows,
       ...(throughput ? { throughput } : {}),
+      ...(shards ? { shards } : {}),
     }));
     return 0;
   }
@@ -209,6 +230,15 @@ export async function planMain(argv: string[]): Promise<number> {
         `${g(throughput.codebook_bytes_per_s)} GB/s codebook`,
     );
   }
+  if (shards) {
+    const est = throughput ? " est. time |" : "";
+    console.log(`\n| shard | blocks | share of the cluster work |${est}`);
+    console.log(`| --- | --- | --- |${throughput ? " --- |" : ""}`);
+    for (const r of shards) {
+      const t = r.seconds === null ? "" : ` ${humanSeconds(r.seconds)} |`;
+      console.log(`| ${r.shard} | ${unitList(r.blocks)} | ${(100 * r.share).toFixed(1)}% |${t}`);
+    }
+  }
   const over = stages.filter((s) => !s.fits).map((s) => s.stage);
   console.log(fits ? "fits" : `does not fit: ${over.join(", ")}`);
   return 0;
@@ -227,4 +257,20 @@ async function readThroughput(file: string): Promise<Throughput> {
   } catch (e) {
     throw new UserError(`plan: --throughput ${file}: ${(e as Error).message.split("\n")[0]}`);
   }
+}
+
+/** --weighting / --stats: which statistics the stats stage gathers (absent: no stats stage). */
+function statsFlags(
+  cmd: string,
+  weighting: unknown,
+  stats: unknown,
+): { stats?: "diag" | "full" } {
+  if (weighting !== undefined && weighting !== "none" && weighting !== "activations") {
+    throw new UserError(`${cmd}: --weighting must be none or activations (got "${weighting}")`);
+  }
+  if (stats !== undefined && stats !== "none" && stats !== "diag" && stats !== "full") {
+    throw new UserError(`${cmd}: --stats must be none, diag or full (got "${stats}")`);
+  }
+  if (stats === "diag" || stats === "full") return { stats };
+  return weighting === "activations" ? { stats: "diag" } : {};
 }

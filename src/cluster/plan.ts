@@ -26,6 +26,12 @@ export interface ClusterSettings {
   init: "random" | "kmeans++";
   /** Seeded k-means runs per matrix; the one with the lowest objective is kept. */
   restarts: number;
+  /**
+   * "activations": each vector of W^T's row i weighs diag_i, the second moment of input feature i
+   * over the calibration tokens (src/cluster/stats.ts), in the k-means and in the (d, n) search.
+   * Absent or "none": the plain weight error.
+   */
+  weighting?: "none" | "activations";
 }
 
 export interface MatrixPlan {

@@ -8,11 +8,15 @@ import type { WeightSource } from "../model/weights.ts";
 import { kmeans } from "./kmeans.ts";
 import type { ClusterSettings, MatrixPlan } from "./plan.ts";
 import { rtnQuantize } from "./rtn.ts";
+import { type BlockStats, inputOf, vectorWeights } from "./stats.ts";
 import { vectorizeT } from "./vectorize.ts";
 
 export interface MatrixFacts {
   kind: LinearKind;
-  /** Sum of squared errors of decode(encode(W)) vs W (the k-means objective). */
+  /**
+   * The k-means objective: sum of squared errors of decode(encode(W)) vs W, each vector's error
+   * times its weight under --weighting activations.
+   */
   objective: number;
   /** objective / weights. */
   mse: number;
@@ -36,9 +40,13 @@ export async function clusterBlock(
   plans: MatrixPlan[],
   s: ClusterSettings,
   onMatrix?: (kind: LinearKind, iter: number, objective: number) => void,
+  stats?: BlockStats,
 ): Promise<{ tensors: TensorBytes[]; facts: MatrixFacts[] }> {
   const tensors: TensorBytes[] = [];
   const facts: MatrixFacts[] = [];
+  if (s.weighting === "activations" && !stats) {
+    throw new Error(`cluster: block ${layer} has no statistics for --weighting activations`);
+  }
   for (const lin of linearNames(layer, cfg)) {
     const p = plans.find((q) => q.kind === lin.kind)!;
     const start = performance.now();
@@ -53,6 +61,9 @@ export async function clusterBlock(
     let objective = 0, evals = 0, brute = 0;
     for (let sp = 0; sp < p.splits; sp++) {
       const part = x.subarray(sp * perSplit * p.d, (sp + 1) * perSplit * p.d);
+      const weights = s.weighting === "activations"
+        ? vectorWeights(stats!.diag[inputOf(lin.kind)], sp * rowsPer, rowsPer, cols)
+        : undefined;
       let r: Awaited<ReturnType<typeof kmeans>> | null = null;
       for (let k = 0; k < s.restarts; k++) {
         const run = await kmeans(gpu, part, perSplit, p.d, p.n, {
@@ -62,6 +73,7 @@ export async function clusterBlock(
           // Small matrices assign on the host: a GPU readback per pass costs more than the work.
           backend: "auto",
           onIter: (i, obj) => onMatrix?.(lin.kind, i, obj),
+          ...(weights ? { weights } : {}),
         });
         evals += run.distanceEvals;
         brute += run.bruteForceEvals;

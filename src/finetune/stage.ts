@@ -1,7 +1,8 @@
 // The finetune stage: ClusComp's block-wise reconstruction. For block i the teacher is the
 // full-precision block on the full-precision input; the student is the clustered block on the
 // output of the already-finetuned blocks 0..i-1. Only codebooks train (AdamW on the MSE between
-// the two outputs, one window per step); the best epoch on held-out windows is kept.
+// the two outputs, `batch` windows per step as one dispatch sequence: the step's gradient is the
+// mean over its windows); the best epoch on held-out windows is kept.
 import type { Gpu } from "../gpu/device.ts";
 import { Tensor } from "../gpu/tensor.ts";
 import { LINEAR_KINDS, type LinearKind, type ModelConfig, ropeInvFreq } from "../io/config.ts";
@@ -34,6 +35,30 @@ export interface FinetuneSettings {
    * no activations unit is kept (a resume replays the finished blocks). Results are byte-identical.
    */
   hostBudget?: number;
+  /**
+   * Windows per step (default 1), run side by side as one sequence of dispatches; the loss is the
+   * mean over the step's windows. At most the number of training windows; an epoch's last step
+   * is filled up from the start of the epoch's order. 1 gives the same bytes as before batching.
+   */
+  batch?: number;
+}
+
+/** The CLI's default windows per finetuning step (see README, "Block finetuning batch"). */
+export const DEFAULT_FINETUNE_BATCH = 1;
+
+/**
+ * Windows per step for `asked`: at most the training windows, and what keeps the MLP's
+ * [intermediate, B * T] activations in one binding (at least 1).
+ */
+export function stepWindows(
+  cfg: ModelConfig,
+  T: number,
+  asked: number,
+  trainWindows: number,
+  maxBinding: number,
+): number {
+  const fit = Math.floor(maxBinding / 4 / (cfg.intermediate * T));
+  return Math.max(1, Math.min(asked, trainWindows, fit));
 }
 
 export interface BlockReport {
@@ -166,7 +191,17 @@ export async function finetune(inp: FinetuneInput): Promise<BlockReport[]> {
     streamed
       ? await DiskActs.create(`${scratchDir}/${serial++}`, windows.length)
       : new MemActs(windows.length);
-  const ctx: BlockContext = { inp, T, rope, make, nTrain: inp.train.length };
+  const asked = inp.settings.batch ?? 1;
+  const B = stepWindows(cfg, T, asked, inp.train.length, inp.gpu.limits.maxBinding);
+  if (B < asked) {
+    runner.progress.note(
+      "finetune",
+      `${B} windows per step instead of ${asked}: ${
+        B === inp.train.length ? "the training windows" : "one binding's activations"
+      }`,
+    );
+  }
+  const ctx: BlockContext = { inp, T, B, rope, make, nTrain: inp.train.length };
   await removeScratch(scratchDir);
   if (streamed) {
     runner.progress.note(
@@ -232,6 +267,8 @@ export async function finetune(inp: FinetuneInput): Promise<BlockReport[]> {
 interface BlockContext {
   inp: FinetuneInput;
   T: number;
+  /** Windows per step (and per forward pass when evaluating or replaying). */
+  B: number;
   rope: { cos: Float32Array; sin: Float32Array };
   make: MakeActs;
   nTrain: number;
@@ -330,7 +367,45 @@ async function studentBlock(ctx: BlockContext, l: number): Promise<StudentBlock>
     await src.tensor(`${pre}.input_layernorm.weight`),
     await src.tensor(`${pre}.post_attention_layernorm.weight`),
     ctx.rope,
+    ctx.B,
   );
+}
+
+/**
+ * Windows xs ([H, T] each) side by side as [H, B * T] (window w in columns w * T ..), the
+ * windows past xs.length zero. One window is passed through as it is.
+ */
+export function packWindows(xs: Float32Array[], B: number, H: number, T: number): Float32Array {
+  if (B === 1 && xs.length === 1) return xs[0];
+  const N = B * T, out = new Float32Array(H * N);
+  xs.forEach((x, w) => {
+    for (let h = 0; h < H; h++) out.set(x.subarray(h * T, (h + 1) * T), h * N + w * T);
+  });
+  return out;
+}
+
+/** The first `count` windows [H, T] of y [H, B * T] (packWindows' inverse). */
+export function unpackWindows(
+  y: Float32Array,
+  count: number,
+  B: number,
+  H: number,
+  T: number,
+): Float32Array[] {
+  if (B === 1) return [y];
+  const N = B * T;
+  return Array.from({ length: count }, (_, w) => {
+    const x = new Float32Array(H * T);
+    for (let h = 0; h < H; h++) x.set(y.subarray(h * N + w * T, h * N + (w + 1) * T), h * T);
+    return x;
+  });
+}
+
+/** Windows i .. i + n - 1 of a stream. */
+async function windowsOf(a: Acts, i: number, n: number): Promise<Float32Array[]> {
+  const xs: Float32Array[] = [];
+  for (let j = i; j < Math.min(a.length, i + n); j++) xs.push(await a.get(j));
+  return xs;
 }
 
 /** The student on the best codebooks, over every window. */
@@ -343,9 +418,12 @@ async function studentOutputs(
 ): Promise<Acts> {
   await s.setCodebooks(best);
   const out = await ctx.make();
-  for (let i = 0; i < inputs.length; i++) {
-    await ctx.inp.gpu.write(x.buffer, await inputs.get(i));
-    await out.put(i, await s.forward(x, false).toF32());
+  const { B, T } = ctx, H = ctx.inp.cfg.hidden;
+  for (let i = 0; i < inputs.length; i += B) {
+    const xs = await windowsOf(inputs, i, B);
+    await ctx.inp.gpu.write(x.buffer, packWindows(xs, B, H, T));
+    const ys = unpackWindows(await s.forward(x, false).toF32(), xs.length, B, H, T);
+    for (let w = 0; w < ys.length; w++) await out.put(i + w, ys[w]);
   }
   return out;
 }
@@ -370,7 +448,7 @@ async function replayBlock(ctx: BlockContext, l: number, inputs: Streams): Promi
   const teacher = await teacherPass(gpu, cfg, src, l, inputs.teacher, ctx.T, ctx.rope, ctx.make);
   const best = await tunedCodebooks(ctx, l);
   const s = await studentBlock(ctx, l);
-  const x = Tensor.empty(gpu, [cfg.hidden, ctx.T], "replay.x");
+  const x = Tensor.empty(gpu, [cfg.hidden, ctx.B * ctx.T], "replay.x");
   try {
     return { student: await studentOutputs(ctx, s, best, inputs.student, x), teacher };
   } finally {
@@ -422,9 +500,10 @@ class BlockTraining {
     readonly extra: Acts | null,
   ) {
     const { gpu, cfg, settings } = ctx.inp;
-    this.x = Tensor.empty(gpu, [cfg.hidden, ctx.T], "ft.x");
-    this.want = Tensor.empty(gpu, [cfg.hidden, ctx.T], "ft.target");
-    this.want2 = Tensor.empty(gpu, [cfg.hidden, ctx.T], "ft.target2");
+    const N = ctx.B * ctx.T;
+    this.x = Tensor.empty(gpu, [cfg.hidden, N], "ft.x");
+    this.want = Tensor.empty(gpu, [cfg.hidden, N], "ft.target");
+    this.want2 = Tensor.empty(gpu, [cfg.hidden, N], "ft.target2");
     this.opt = {
       lr: settings.lr,
       beta1: 0.9,
@@ -442,22 +521,33 @@ class BlockTraining {
       : Array.from({ length: nTrain }, (_, i) => i);
   }
 
-  /** Uploads window i's student input and teacher target. */
-  private async load(i: number): Promise<void> {
-    const gpu = this.ctx.inp.gpu;
-    await gpu.write(this.x.buffer, await this.inputs.student.get(i));
-    await gpu.write(this.want.buffer, await this.teacherOut.get(i));
+  /**
+   * Uploads windows idx (at most B) side by side: the student inputs, the teacher targets and,
+   * with `extra`, the extra term's targets; the columns of missing windows are zero.
+   */
+  private async load(idx: number[], extra = false): Promise<void> {
+    const gpu = this.ctx.inp.gpu, { B, T } = this.ctx, H = this.ctx.inp.cfg.hidden;
+    const put = async (t: Tensor, a: Acts) => {
+      const xs: Float32Array[] = [];
+      for (const i of idx) xs.push(await a.get(i));
+      await gpu.write(t.buffer, packWindows(xs, B, H, T));
+    };
+    await put(this.x, this.inputs.student);
+    await put(this.want, this.teacherOut);
+    if (extra && this.extra) await put(this.want2, this.extra);
   }
 
   /** Mean per-element MSE of the student against the teacher over some windows. */
   async evalMse(idx: number[]): Promise<number> {
     const { gpu, cfg } = this.ctx.inp, s = this.s;
-    const H = cfg.hidden, T = this.ctx.T;
+    const H = cfg.hidden, { T, B } = this.ctx;
     let sum = 0;
-    for (const i of idx) {
-      await this.load(i);
-      mseGrad(gpu, s.forward(this.x, false).all, this.want.all, s.dy.all, s.sq.all, H, T, 0);
-      for (const v of await s.sq.toF32()) sum += v;
+    for (let k = 0; k < idx.length; k += B) {
+      const group = idx.slice(k, k + B);
+      await this.load(group);
+      mseGrad(gpu, s.forward(this.x, false).all, this.want.all, s.dy.all, s.sq.all, H, B * T, 0);
+      // Per-token sums of the real windows, in window order.
+      for (const v of (await s.sq.toF32()).subarray(0, group.length * T)) sum += v;
     }
     return sum / (idx.length * H * T);
   }
@@ -494,31 +584,32 @@ class BlockTraining {
     return { ...prev.info, best: pick(true) };
   }
 
-  /** One pass over the training windows in a seeded order; the mean of the losses read back. */
+  /**
+   * One pass over the training windows in a seeded order, B windows a step (the last step filled
+   * up from the start of the order); the mean of the losses read back.
+   */
   async epoch(epoch: number): Promise<number> {
     const { gpu, cfg, settings, runner } = this.ctx.inp, s = this.s;
-    const H = cfg.hidden, T = this.ctx.T, scale = 2 / (H * T);
+    const { T, B } = this.ctx, H = cfg.hidden, N = B * T, scale = 2 / (H * N);
     const trainIdx = Array.from({ length: this.ctx.nTrain }, (_, i) => i);
     const order = shuffle(trainIdx, new Rng(settings.seed * 7919 + this.l * 1000 + epoch));
+    const steps = Math.ceil(order.length / B);
     // Mean of the losses read back (every 8th step and the last one), over those read.
     let lossSum = 0, lossCount = 0;
-    for (let k = 0; k < order.length; k++) {
-      const i = order[k];
-      await this.load(i);
+    for (let k = 0; k < steps; k++) {
+      const idx = Array.from({ length: B }, (_, w) => order[(k * B + w) % order.length]);
+      await this.load(idx, true);
       const y = s.forward(this.x, true);
-      mseGrad(gpu, y.all, this.want.all, s.dy.all, s.sq.all, H, T, scale);
-      if (this.extra) {
-        await gpu.write(this.want2.buffer, await this.extra.get(i));
-        mseGrad(gpu, y.all, this.want2.all, s.dy.all, s.sq.all, H, T, scale, true);
-      }
+      mseGrad(gpu, y.all, this.want.all, s.dy.all, s.sq.all, H, N, scale);
+      if (this.extra) mseGrad(gpu, y.all, this.want2.all, s.dy.all, s.sq.all, H, N, scale, true);
       s.backward();
       s.update(this.opt);
-      if (k === order.length - 1 || k % 8 === 0) {
+      if (k === steps - 1 || k % 8 === 0) {
         let sq = 0;
         for (const v of await s.sq.toF32()) sq += v;
-        lossSum += sq / (H * T);
+        lossSum += sq / (H * N);
         lossCount++;
-        const loss = sq / (H * T);
+        const loss = sq / (H * N);
         runner.progress.update({
           stage: "finetune",
           done: this.l,
@@ -607,7 +698,7 @@ async function finetuneBlock(
       bestEpoch: st.bestEpoch,
       bestMse: st.bestMse,
       steps: s.steps,
-      tokens: s.steps * ctx.T,
+      tokens: s.steps * ctx.B * ctx.T,
       seconds: (performance.now() - start) / 1000,
     };
     return { codebooks, outputs: { student, teacher: teacherOut }, report };

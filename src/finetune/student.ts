@@ -1,6 +1,8 @@
 // The student block of ClusComp finetuning on the GPU: codebooks (trained), codes (fixed),
 // the decoded weights in both layouts, the forward with kept activations, the backward pass
-// down to the codebook gradients, and the AdamW step. One window of T tokens per step.
+// down to the codebook gradients, and the AdamW step. B windows of T tokens per step, as one
+// dispatch sequence over N = B * T columns (feature-major [features, N], window w in columns
+// w * T .. w * T + T - 1; attention stays within each window).
 // The seven codebooks (and their AdamW moments and gradients) live in one buffer each, every
 // linear's at an aligned offset, so one AdamW dispatch steps them all; one dispatch per linear
 // decodes W^T and W together.
@@ -75,6 +77,7 @@ export class StudentBlock {
     readonly gpu: Gpu,
     readonly cfg: ModelConfig,
     readonly T: number,
+    readonly windows: number,
     readonly linears: LinearState[],
     /** Codebooks, AdamW m and v, and gradients of all linears, each [total] (zero padding). */
     private readonly flat: { c: Tensor; m: Tensor; v: Tensor; dc: Tensor; total: number },
@@ -85,19 +88,20 @@ export class StudentBlock {
     const w = {} as BlockWeights["w"];
     for (const l of linears) w[l.kind] = l.wT;
     this.block = { layer: -1, w, inputNorm, postNorm };
-    const H = cfg.hidden, I = cfg.intermediate;
-    this.bs = new BackwardScratch(gpu, cfg, T, scratch.headGroup);
+    const H = cfg.hidden, I = cfg.intermediate, N = windows * T;
+    this.bs = new BackwardScratch(gpu, cfg, T, scratch.headGroup, windows);
     const e = (shape: number[], name: string) => Tensor.empty(gpu, shape, `student.${name}`);
     this.keep = {
-      xIn: e([H, T], "xIn"),
-      h1: e([H, T], "h1"),
-      x2: e([H, T], "x2"),
-      g: e([I, T], "g"),
+      xIn: e([H, N], "xIn"),
+      h1: e([H, N], "h1"),
+      x2: e([H, N], "x2"),
+      g: e([I, N], "g"),
     };
-    const grads: [string, number[]][] = [["y", [H, T]], ["dy", [H, T]], ["sq", [T]]];
+    const grads: [string, number[]][] = [["y", [H, N]], ["dy", [H, N]], ["sq", [N]]];
     for (const [name, shape] of grads) this.g[name] = e(shape, name);
   }
 
+  /** A student for steps of `windows` windows of T tokens (rope: tables for T positions). */
   static async create(
     gpu: Gpu,
     cfg: ModelConfig,
@@ -106,7 +110,11 @@ export class StudentBlock {
     inputNorm: Float32Array,
     postNorm: Float32Array,
     rope: { cos: Float32Array; sin: Float32Array },
+    windows = 1,
   ): Promise<StudentBlock> {
+    if (!(Number.isInteger(windows) && windows >= 1)) {
+      throw new Error(`student: ${windows} windows per step; need a positive integer`);
+    }
     const linears: LinearState[] = [];
     // Each linear's codebook starts at an offset aligned for a storage binding.
     const alignF = gpu.limits.align / 4;
@@ -161,17 +169,21 @@ export class StudentBlock {
       });
     }
     await gpu.write(flat.c.buffer, flatC);
-    const scratch = await BlockScratch.create(gpu, cfg, 1, T, rope);
-    if (scratch.mlpChunk < T) {
+    // Dense linears one window (T columns) a dispatch: see BlockScratch.linearCols.
+    const scratch = await BlockScratch.create(gpu, cfg, windows, T, rope, { linearCols: T });
+    if (scratch.mlpChunk < windows * T) {
+      scratch.release();
       throw new Error(
-        `finetune: [${cfg.intermediate}, ${T}] activations exceed one ${gpu.limits.maxBinding}-byte ` +
-          `binding on this adapter; lower --calib-seqlen`,
+        `finetune: [${cfg.intermediate}, ${windows} x ${T}] activations exceed one ` +
+          `${gpu.limits.maxBinding}-byte binding on this adapter; lower --finetune-batch or ` +
+          `--calib-seqlen`,
       );
     }
     const s = new StudentBlock(
       gpu,
       cfg,
       T,
+      windows,
       linears,
       flat,
       scratch,
@@ -227,7 +239,10 @@ export class StudentBlock {
     }
   }
 
-  /** y = block(x) for x [H, T] (uploaded); returns the output tensor (valid until the next call). */
+  /**
+   * y = block(x) for x [H, N] (uploaded, N = windows * T); returns the output tensor (valid until
+   * the next call).
+   */
   forward(x: Tensor, keep: boolean): Tensor {
     const y = this.g.y;
     this.gpu.copy(x.buffer, 0, y.buffer, 0, x.bytes);

@@ -1,6 +1,6 @@
 // The compressed model folder: a Hugging Face folder whose config.json carries a
 // quantization_config, with `<module>.codebook` / `<module>.codes` (ClusComp) or
-// `<module>.qweight` / `.scales` / `.zeros` (RTN) beside the untouched tensors.
+// `<module>.qweight` / `.scales` / `.zeros` (RTN and GPTQ) beside the untouched tensors.
 //
 // ClusComp codes are written packed (codes_dtype "packed"): `<module>.codes` is a 1-D U8 tensor
 // of packedBytes(in * ceil(out / d), code_bits) bytes, the little-endian LSB-first bit stream of
@@ -14,6 +14,7 @@ import { rtnDequantize } from "../cluster/rtn.ts";
 import { UserError } from "../errors.ts";
 import { type LinearKind, type LinearName, linearNames, type ModelConfig } from "../io/config.ts";
 import { besideName, replaceFolder } from "../io/atomic.ts";
+import { asSource, type FileSource } from "../io/source.ts";
 import { type Dtype, SafetensorsIndex, writeSafetensors } from "../io/safetensors.ts";
 import type { CodebookData, WeightSource } from "../model/weights.ts";
 import { transpose } from "../util/matrix.ts";
@@ -49,10 +50,13 @@ export interface ClusterModule {
 export interface RtnModule {
   bits: number;
   group: number;
+  /** GPTQ folders (quant_method "gptq", same tensors as RTN): how the codes were found. */
+  act_order?: boolean;
+  damp?: number;
 }
 
 export interface QuantizationConfig {
-  quant_method: "cluscomp" | "rtn";
+  quant_method: "cluscomp" | "rtn" | "gptq";
   bits_per_weight: number;
   stored_bits_per_weight: number;
   /** How packed codes are laid out: "lsb-u8" (CODES_PACKING). Absent in older folders. */
@@ -79,7 +83,7 @@ const clusterModule = z.object({
 }).passthrough();
 const rtnModule = z.object({ bits: posInt.max(16), group: posInt }).passthrough();
 const quantConfig = z.object({
-  quant_method: z.enum(["cluscomp", "rtn"]),
+  quant_method: z.enum(["cluscomp", "rtn", "gptq"]),
   bits_per_weight: z.number().nonnegative(),
   stored_bits_per_weight: z.number().nonnegative(),
   codes_packing: z.literal(CODES_PACKING).optional(),
@@ -87,12 +91,16 @@ const quantConfig = z.object({
 }).passthrough();
 
 /** The quantization_config of a folder's config.json (validated), or null for a dense model. */
-export async function readQuantConfig(dir: string): Promise<QuantizationConfig | null> {
-  const path = join(dir, "config.json");
-  if (!existsSync(path)) return null;
+export async function readQuantConfig(
+  dir: string | FileSource,
+): Promise<QuantizationConfig | null> {
+  const src = asSource(dir);
+  const path = src.path("config.json");
+  const text = await src.text("config.json");
+  if (text === null) return null;
   let raw: { quantization_config?: unknown };
   try {
-    raw = JSON.parse(await Deno.readTextFile(path));
+    raw = JSON.parse(text);
   } catch (e) {
     throw new UserError(`${path}: not valid JSON (${(e as Error).message.split("\n")[0]})`);
   }
@@ -227,7 +235,7 @@ export class CompressedSource implements WeightSource {
     const name = lin.name.replace(/\.weight$/, "");
     const m = this.qc.modules[name];
     if (!m) return transpose(await this.index.readF32(lin.name), lin.out, lin.in);
-    if (this.qc.quant_method === "rtn") {
+    if (this.qc.quant_method === "rtn" || this.qc.quant_method === "gptq") {
       const r = m as RtnModule;
       const q = await this.index.readRaw(`${name}.qweight`);
       const scales = await this.index.readF32(`${name}.scales`);
@@ -443,7 +451,7 @@ export function checkCompressedTensors(
       const m = qc.modules[name];
       if (!m) {
         need(lin.name, [lin.out, lin.in]);
-      } else if (qc.quant_method === "rtn") {
+      } else if (qc.quant_method === "rtn" || qc.quant_method === "gptq") {
         const groups = Math.ceil(lin.in / (m as RtnModule).group);
         need(`${name}.qweight`, [lin.out, lin.in]);
         need(`${name}.scales`, [lin.out, groups]);

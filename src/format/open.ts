@@ -7,6 +7,7 @@ import {
 } from "./compressed.ts";
 import { checkTensors, loadConfig, type ModelConfig } from "../io/config.ts";
 import { SafetensorsIndex } from "../io/safetensors.ts";
+import type { FileSource } from "../io/source.ts";
 import { DenseSource, type WeightSource } from "../model/weights.ts";
 
 export interface OpenModel {
@@ -17,10 +18,12 @@ export interface OpenModel {
   quant: QuantizationConfig | null;
 }
 
-export async function openModel(dir: string): Promise<OpenModel> {
-  const cfg = await loadConfig(dir);
-  const quant = await readQuantConfig(dir);
-  const index = await SafetensorsIndex.open(dir);
+/** A folder by its path, or any FileSource (an HTTP folder in a browser page); `dir` names it. */
+export async function openModel(from: string | FileSource): Promise<OpenModel> {
+  const cfg = await loadConfig(from);
+  const dir = typeof from === "string" ? from : from.label;
+  const quant = await readQuantConfig(from);
+  const index = await SafetensorsIndex.open(from);
   if (quant) {
     checkCompressedTensors(cfg, index, quant);
     return { dir, cfg, index, quant, source: new CompressedSource(cfg, index, quant) };

@@ -330,8 +330,10 @@ export class Gpu {
   }
 }
 
-const PROFILE = Deno.env.get("CLUSCOMP_PROFILE") === "1";
-const PROFILE_KERNELS = Deno.env.get("CLUSCOMP_PROFILE") === "2";
+// Deno only: a browser page has no environment (and no profiling).
+const PROFILE_ENV = typeof Deno === "undefined" ? undefined : Deno.env.get("CLUSCOMP_PROFILE");
+const PROFILE = PROFILE_ENV === "1";
+const PROFILE_KERNELS = PROFILE_ENV === "2";
 const QUERIES = 2048;
 const POOL_BYTES = 1 << 16;
 

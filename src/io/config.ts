@@ -4,6 +4,7 @@ import { join } from "node:path";
 import { z } from "zod";
 import { UserError } from "../errors.ts";
 import type { SafetensorsIndex } from "./safetensors.ts";
+import type { FileSource } from "./source.ts";
 
 export type RopeScaling =
   | null
@@ -173,17 +174,25 @@ function parseRopeScaling(
   );
 }
 
-/** Reads and validates `<dir>/config.json`. */
-export function loadConfig(dir: string): Promise<ModelConfig> {
-  return loadConfigFile(join(dir, "config.json"));
+/** Reads and validates `<dir>/config.json` (a folder path, or any FileSource). */
+export async function loadConfig(dir: string | FileSource): Promise<ModelConfig> {
+  if (typeof dir === "string") return loadConfigFile(join(dir, "config.json"));
+  const file = dir.path("config.json");
+  const text = await dir.text("config.json");
+  if (text === null) throw new UserError(`Cannot read ${file}: no such file`);
+  return parseConfigText(text, file);
 }
 
 /** A config.json given by its own path. */
 export async function loadConfigFile(file: string): Promise<ModelConfig> {
   if (!existsSync(file)) throw new UserError(`Cannot read ${file}: no such file`);
+  return parseConfigText(await Deno.readTextFile(file), file);
+}
+
+function parseConfigText(text: string, file: string): ModelConfig {
   let json: unknown;
   try {
-    json = JSON.parse(await Deno.readTextFile(file));
+    json = JSON.parse(text);
   } catch (e) {
     throw new UserError(`${file}: not valid JSON (${(e as Error).message.split("\n")[0]})`);
   }

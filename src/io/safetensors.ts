@@ -1,7 +1,8 @@
 // Safetensors: strict header parsing, reads by offset, deterministic atomic writes.
-import { existsSync, statSync } from "node:fs";
-import { basename, dirname, join } from "node:path";
+import { statSync } from "node:fs";
+import { basename, dirname } from "node:path";
 import { UserError } from "../errors.ts";
+import { asSource, type FileSource } from "./source.ts";
 
 export type Dtype = "F32" | "F16" | "BF16" | "U8" | "U16" | "I32" | "U32";
 
@@ -123,41 +124,22 @@ function parseHeader(
   return { tensors, metadata };
 }
 
-/** Reads and validates the header of one safetensors file. */
-async function readHeader(file: string) {
-  let f: Deno.FsFile;
-  try {
-    f = await Deno.open(file, { read: true });
-  } catch (e) {
-    throw new UserError(`Cannot read ${file}: ${oneLine((e as Error).message)}`);
+/** Reads and validates the header of one safetensors file of a source. */
+async function readHeader(src: FileSource, name: string) {
+  const file = src.path(name);
+  const size = await src.size(name);
+  if (size === null) throw new UserError(`Cannot read ${file}: no such file`);
+  if (size < 8) throw new UserError(`Cannot read ${file}: file is ${size} bytes, too short`);
+  const lenBytes = await src.read(name, 0, 8);
+  const len = new DataView(lenBytes.buffer, lenBytes.byteOffset, 8).getBigUint64(0, true);
+  if (len + 8n > BigInt(size)) {
+    throw new UserError(`Cannot read ${file}: header length ${len} exceeds file size ${size}`);
   }
-  try {
-    const size = (await f.stat()).size;
-    if (size < 8) throw new UserError(`Cannot read ${file}: file is ${size} bytes, too short`);
-    const lenBytes = new Uint8Array(8);
-    await readExact(f, lenBytes, file);
-    const len = new DataView(lenBytes.buffer).getBigUint64(0, true);
-    if (len + 8n > BigInt(size)) {
-      throw new UserError(`Cannot read ${file}: header length ${len} exceeds file size ${size}`);
-    }
-    if (len > BigInt(MAX_HEADER)) {
-      throw new UserError(`Cannot read ${file}: header length ${len} exceeds limit ${MAX_HEADER}`);
-    }
-    const bytes = new Uint8Array(Number(len));
-    await readExact(f, bytes, file);
-    return parseHeader(file, bytes, size);
-  } finally {
-    f.close();
+  if (len > BigInt(MAX_HEADER)) {
+    throw new UserError(`Cannot read ${file}: header length ${len} exceeds limit ${MAX_HEADER}`);
   }
-}
-
-async function readExact(f: Deno.FsFile, buf: Uint8Array, file: string): Promise<void> {
-  let got = 0;
-  while (got < buf.length) {
-    const n = await f.read(buf.subarray(got));
-    if (n === null) throw new UserError(`Cannot read ${file}: unexpected end of file`);
-    got += n;
-  }
+  const bytes = await src.read(name, 8, Number(len));
+  return parseHeader(file, bytes, size);
 }
 
 /** Tensors of a model folder (one file, several files, or sharded with an index). */
@@ -167,56 +149,64 @@ export class SafetensorsIndex {
   readonly files: string[];
   private tensors = new Map<string, TensorInfo>();
   private meta: Record<string, string> = {};
-  private handles = new Map<string, Deno.FsFile>();
-  private locks = new Map<string, Promise<void>>();
+  /** File name in the source of each file path. */
+  private fileNames = new Map<string, string>();
 
-  private constructor(dir: string, files: string[]) {
+  private constructor(dir: string, files: string[], private readonly source: FileSource) {
     this.dir = dir;
     this.files = files;
   }
 
-  static async open(dir: string): Promise<SafetensorsIndex> {
-    let st;
-    try {
-      st = statSync(dir);
-    } catch {
-      throw new UserError(`Cannot read ${dir}: no such directory`);
+  /** A folder on disk by its path, or any FileSource (an HTTP folder in a browser page). */
+  static async open(dir: string | FileSource): Promise<SafetensorsIndex> {
+    if (typeof dir === "string") {
+      let st;
+      try {
+        st = statSync(dir);
+      } catch {
+        throw new UserError(`Cannot read ${dir}: no such directory`);
+      }
+      if (!st.isDirectory()) throw new UserError(`Cannot read ${dir}: not a directory`);
     }
-    if (!st.isDirectory()) throw new UserError(`Cannot read ${dir}: not a directory`);
+    const src = asSource(dir);
+    const label = src.label;
 
-    const indexPath = join(dir, INDEX_FILE);
+    const indexPath = src.path(INDEX_FILE);
     let weightMap: Record<string, string> | null = null;
-    let files: string[];
-    if (existsSync(indexPath)) {
-      weightMap = await readWeightMap(indexPath);
-      const names = [...new Set(Object.values(weightMap))].sort();
-      files = names.map((n) => join(dir, n));
-      for (let i = 0; i < names.length; i++) {
-        if (!existsSync(files[i])) {
-          throw new UserError(`Cannot read ${indexPath}: shard "${names[i]}" is missing`);
+    let names: string[];
+    const indexText = await src.text(INDEX_FILE);
+    if (indexText !== null) {
+      weightMap = readWeightMap(indexPath, indexText);
+      names = [...new Set(Object.values(weightMap))].sort();
+      for (const n of names) {
+        if ((await src.size(n)) === null) {
+          throw new UserError(`Cannot read ${indexPath}: shard "${n}" is missing`);
         }
       }
     } else {
-      files = [];
-      for (const e of Deno.readDirSync(dir)) {
-        if (e.isFile && e.name.endsWith(".safetensors")) files.push(e.name);
-      }
-      files.sort();
-      if (files.length === 0) throw new UserError(`${dir}: no *.safetensors files found`);
-      files = files.map((n) => join(dir, n));
+      names = (await src.list()).filter((n) => n.endsWith(".safetensors")).sort();
+      if (names.length === 0) throw new UserError(`${label}: no *.safetensors files found`);
     }
+    const files = names.map((n) => src.path(n));
 
-    const idx = new SafetensorsIndex(dir, files);
-    for (const file of files) {
-      const { tensors, metadata } = await readHeader(file);
-      Object.assign(idx.meta, metadata);
-      for (const t of tensors) {
-        const prev = idx.tensors.get(t.name);
-        if (prev) {
-          throw new UserError(`Cannot read ${file}: tensor "${t.name}" is also in ${prev.file}`);
+    const idx = new SafetensorsIndex(label, files, src);
+    try {
+      for (const [i, name] of names.entries()) {
+        const file = files[i];
+        idx.fileNames.set(file, name);
+        const { tensors, metadata } = await readHeader(src, name);
+        Object.assign(idx.meta, metadata);
+        for (const t of tensors) {
+          const prev = idx.tensors.get(t.name);
+          if (prev) {
+            throw new UserError(`Cannot read ${file}: tensor "${t.name}" is also in ${prev.file}`);
+          }
+          idx.tensors.set(t.name, t);
         }
-        idx.tensors.set(t.name, t);
       }
+    } finally {
+      // Header reads leave no file open: data reads reopen on demand.
+      src.close();
     }
     if (weightMap) {
       for (const [name, shard] of Object.entries(weightMap)) {
@@ -285,8 +275,7 @@ export class SafetensorsIndex {
 
   /** Closes cached file handles; later reads reopen them. */
   close(): void {
-    for (const f of this.handles.values()) f.close();
-    this.handles.clear();
+    this.source.close();
   }
 
   private checkFloat(t: TensorInfo): void {
@@ -295,37 +284,18 @@ export class SafetensorsIndex {
     }
   }
 
-  // seek + read on a shared handle must not interleave, so reads of one file are queued.
-  private async readAt(file: string, offset: number, nbytes: number): Promise<Uint8Array> {
-    const prev = this.locks.get(file) ?? Promise.resolve();
-    let release!: () => void;
-    const mine = new Promise<void>((r) => (release = r));
-    this.locks.set(file, mine);
-    await prev;
-    try {
-      let f = this.handles.get(file);
-      if (!f) {
-        f = await Deno.open(file, { read: true });
-        this.handles.set(file, f);
-      }
-      await f.seek(offset, Deno.SeekMode.Start);
-      const buf = new Uint8Array(nbytes);
-      await readExact(f, buf, file);
-      return buf;
-    } finally {
-      if (this.locks.get(file) === mine) this.locks.delete(file);
-      release();
-    }
+  private readAt(file: string, offset: number, nbytes: number): Promise<Uint8Array> {
+    return this.source.read(this.fileNames.get(file)!, offset, nbytes);
   }
 }
 
-async function readWeightMap(indexPath: string): Promise<Record<string, string>> {
+function readWeightMap(indexPath: string, text: string): Record<string, string> {
   const fail = (problem: string): never => {
     throw new UserError(`Cannot read ${indexPath}: ${problem}`);
   };
   let json: unknown;
   try {
-    json = JSON.parse(await Deno.readTextFile(indexPath));
+    json = JSON.parse(text);
   } catch (e) {
     fail(`not valid JSON (${oneLine((e as Error).message)})`);
   }

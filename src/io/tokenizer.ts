@@ -1,6 +1,7 @@
 // Hugging Face tokenizer.json BPE tokenizer: the SentencePiece style (Metaspace / Prepend+Replace,
 // byte fallback) and the ByteLevel style (GPT-2, Llama-3), following the `tokenizers` crate.
 import { UserError } from "../errors.ts";
+import type { FileSource } from "./source.ts";
 
 type Json = Record<string, unknown>;
 
@@ -338,7 +339,8 @@ export class Tokenizer {
   }
 
   /** Reads `dir/tokenizer.json` and, when present, `dir/tokenizer_config.json`. */
-  static async load(dir: string): Promise<Tokenizer> {
+  static async load(dir: string | FileSource): Promise<Tokenizer> {
+    if (typeof dir !== "string") return Tokenizer.loadFrom(dir);
     const path = `${dir}/tokenizer.json`;
     let text: string;
     try {
@@ -356,6 +358,17 @@ export class Tokenizer {
       if (!(e instanceof Deno.errors.NotFound)) throw e;
     }
     return Tokenizer.fromJson(json, path, config);
+  }
+
+  /** The same from any FileSource (an HTTP folder in a browser page). */
+  static async loadFrom(src: FileSource): Promise<Tokenizer> {
+    const path = src.path("tokenizer.json");
+    const text = await src.text("tokenizer.json");
+    if (text === null) throw new UserError(`Tokenizer not found: ${path}`);
+    const cfgPath = src.path("tokenizer_config.json");
+    const cfgText = await src.text("tokenizer_config.json");
+    const config = cfgText === null ? undefined : parseJson(cfgText, cfgPath);
+    return Tokenizer.fromJson(parseJson(text, path), path, config);
   }
 
   /** Builds from parsed tokenizer.json (`file` names it in errors) and tokenizer_config.json. */

@@ -1,13 +1,21 @@
 // The work directory: a msgpack manifest (settings, per-file input hashes, per-unit done markers
 // with sha256), one file per unit written atomically, and an OS file lock on `lock` (which also
 // holds the pid and host of its owner, for the error message only).
+//
+// Cluster shards (compress --stage cluster --shard I/N) share it with each other: each holds
+// `lock` shared (a whole run holds it exclusive, so the two never overlap) and its own
+// `shards/shard-I-of-N.lock` exclusive (a second attempt of the same shard waits for the first).
+// A shard never writes the manifest: it writes each unit's file, then a fact file
+// `pending/<unit>.msgpack` (the unit's record, the settings of its stage and those before, the
+// input hashes). The next whole run adopts every pending unit whose settings and inputs match
+// and whose file matches its checksum, into the manifest, then deletes the fact file.
 import { decode, encode } from "@msgpack/msgpack";
 import { existsSync } from "node:fs";
 import { hostname } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { z } from "zod";
 import { UserError } from "../errors.ts";
-import { writeFileAtomic } from "./atomic.ts";
+import { syncDir, writeFileAtomic } from "./atomic.ts";
 import { sha256 } from "./hash.ts";
 
 const Sha256 = z.string().regex(/^[0-9a-f]{64}$/);
@@ -49,6 +57,36 @@ export interface Manifest {
 
 const MANIFEST = "manifest.msgpack";
 const LOCK = "lock";
+const PENDING = "pending";
+const SHARDS = "shards";
+
+/** What a shard writes beside each unit it finishes (adopted by the next whole run). */
+const PendingSchema = z.object({
+  version: z.literal(1),
+  unit: z.string(),
+  record: UnitRecordSchema,
+  /** Settings of the unit's stage and every stage before it, in order. */
+  settings: z.record(z.string(), z.unknown()),
+  inputs: z.record(z.string(), Sha256),
+});
+
+/** One shard of a stage's units: `index` of `count` (0-based). */
+export interface ShardId {
+  index: number;
+  count: number;
+}
+
+export interface OpenOptions {
+  /**
+   * The last stage this run runs (default: all). Later stages keep the settings and units the
+   * manifest records; a stage not recorded yet is recorded by the first run that runs it.
+   */
+  last?: string;
+  /** Open as this shard of the `last` stage: shared access, pending units, no manifest writes. */
+  shard?: ShardId;
+  /** Told once when the run waits for a lock another process holds. */
+  onWait?: (message: string) => void;
+}
 
 /** Reads and validates a manifest; a bad one is one UserError line naming the file. */
 async function readManifest(
@@ -93,11 +131,15 @@ export class WorkDir {
   private verified = new Map<string, string>();
   /** The bytes of the last unit `done` verified, handed to the next `read` of that unit. */
   private last: { unit: string; data: Uint8Array } | null = null;
+  /** Units this open adopted from shards' fact files. */
+  readonly adopted: string[] = [];
 
   private constructor(
     readonly dir: string,
     private manifest: Manifest,
     private lock: Deno.FsFile | null,
+    /** Set when opened as a shard: its own lock, and the settings its fact files record. */
+    private readonly shard: { id: ShardId; lock: Deno.FsFile } | null = null,
   ) {}
 
   /**
@@ -105,61 +147,51 @@ export class WorkDir {
    * inputs' per-file hashes. A stage whose settings changed is refused unless `restart` names it
    * or an earlier stage; `restart` drops the units of that stage and every later one. Changed
    * inputs are refused (naming the files) unless `restart` is given; then every unit is dropped.
+   * Units that shards left pending are adopted when their settings, inputs and checksum match.
    */
   static async open(
     dir: string,
     stages: Record<string, unknown>,
     inputs: Record<string, string>,
     restart?: string,
+    opts: OpenOptions = {},
   ): Promise<WorkDir> {
     const order = Object.keys(stages);
     if (restart !== undefined && !order.includes(restart)) {
       throw new UserError(`--restart: unknown stage "${restart}" (stages: ${order.join(", ")})`);
+    }
+    if (opts.last !== undefined && !order.includes(opts.last)) {
+      throw new Error(`WorkDir.open: unknown last stage "${opts.last}"`);
     }
     try {
       await Deno.mkdir(dir, { recursive: true });
     } catch (e) {
       throw new UserError(`Cannot create work directory ${dir}: ${(e as Error).message}`);
     }
-    const lock = await acquireLock(dir);
-    const path = join(dir, MANIFEST);
+    const shard = opts.shard;
+    const lock = shard ? await acquireShared(dir) : await acquireLock(dir);
+    let shardLock: Deno.FsFile | null = null;
     try {
-      let units: Record<string, UnitRecord> = {};
+      if (shard) shardLock = await acquireShardLock(dir, shard, opts.onWait);
+      const path = join(dir, MANIFEST);
       const old = existsSync(path) ? await readManifest(path, order[0], restart) : null;
-      if (old) {
-        let from = restart === undefined ? order.length : order.indexOf(restart);
-        const changed = changedInputs(old.inputs, inputs);
-        if (changed.length > 0) {
-          if (restart === undefined) {
-            throw new UserError(
-              `${dir}: input file${changed.length > 1 ? "s" : ""} ${
-                changed.join(", ")
-              } changed since this work directory was made; use --restart ${
-                order[0]
-              } to recompute from the start, or another --work`,
-            );
-          }
-          from = 0;
-        }
-        for (let i = 0; i < from; i++) {
-          const st = order[i];
-          if (JSON.stringify(old.stages[st]) !== JSON.stringify(stages[st])) {
-            throw new UserError(
-              `${dir}: the ${st} settings changed since this work directory was made; use --restart ${st} to recompute from there, or another --work`,
-            );
-          }
-        }
-        const dropped = new Set(order.slice(from));
-        for (const [k, v] of Object.entries(old.units)) {
-          if (!dropped.has(k.split("/")[0])) units[k] = v;
-        }
-        if (changed.length > 0) units = {};
+      const kept = resolveUnits(dir, old, stages, inputs, restart, opts.last);
+      const wd = new WorkDir(
+        dir,
+        { version: 2, stages: kept.stages, inputs, units: kept.units },
+        lock,
+        shard ? { id: shard, lock: shardLock! } : null,
+      );
+      const files = await wd.adoptPending();
+      if (!shard) {
+        await wd.save();
+        // Adopted facts are in the manifest now; a run killed before this adopts them again.
+        for (const f of files) await Deno.remove(f).catch(() => {});
       }
-      const wd = new WorkDir(dir, { version: 2, stages, inputs, units }, lock);
-      await wd.save();
       return wd;
     } catch (e) {
-      releaseLock(lock);
+      if (shardLock) releaseLock(shardLock, true);
+      releaseLock(lock, !shard);
       throw e;
     }
   }
@@ -209,7 +241,10 @@ export class WorkDir {
     return join(this.dir, file);
   }
 
-  /** Writes a unit's file atomically, then marks it done in the manifest. */
+  /**
+   * Writes a unit's file atomically, then marks it done in the manifest (as a shard: in its
+   * fact file under pending/, for the next whole run to adopt).
+   */
   async complete(
     unit: string,
     file: string,
@@ -218,9 +253,20 @@ export class WorkDir {
   ): Promise<void> {
     const path = join(this.dir, file);
     await Deno.mkdir(join(path, ".."), { recursive: true });
-    await writeFileAtomic(path, data);
     const hash = await sha256(data);
-    this.manifest.units[unit] = { file, sha256: hash, bytes: data.length, info };
+    const record: UnitRecord = { file, sha256: hash, bytes: data.length, info };
+    if (this.shard) {
+      // Names unique across hosts: pods on a shared volume may run with the same pid.
+      await writeUnique(path, data);
+      const settings = this.settingsUpTo(unit), inputs = this.manifest.inputs;
+      await writeUnique(
+        pendingPath(this.dir, unit),
+        encode({ version: 1, unit, record, settings, inputs }),
+      );
+    } else {
+      await writeFileAtomic(path, data);
+    }
+    this.manifest.units[unit] = record;
     this.verified.set(unit, hash);
     if (this.last?.unit === unit) this.last = null;
     await this.save();
@@ -234,6 +280,7 @@ export class WorkDir {
   async remove(units: string[]): Promise<void> {
     const known = units.filter((u) => this.manifest.units[u]);
     if (known.length === 0) return;
+    if (this.shard) throw new Error("a shard does not remove units");
     for (const unit of known) {
       try {
         await Deno.remove(join(this.dir, this.manifest.units[unit].file));
@@ -284,21 +331,226 @@ export class WorkDir {
     return data;
   }
 
+  /** The settings of a unit's stage and every stage before it, in order. */
+  private settingsUpTo(unit: string): Record<string, unknown> {
+    const stage = unit.split("/")[0];
+    const out: Record<string, unknown> = {};
+    for (const [st, v] of Object.entries(this.manifest.stages)) {
+      out[st] = v;
+      if (st === stage) return out;
+    }
+    throw new Error(`unit ${unit}: unknown stage ${stage}`);
+  }
+
+  /**
+   * Adopts the units shards left under pending/ (see the file's header): a fact whose unit is
+   * not dropped, whose settings up to its stage and inputs equal this run's, and whose file
+   * matches its checksum replaces the unit's record. Returns the adopted fact files.
+   */
+  private async adoptPending(): Promise<string[]> {
+    const adopted: string[] = [];
+    for (const path of await listFiles(join(this.dir, PENDING))) {
+      if (!path.endsWith(".msgpack")) continue;
+      let fact: z.infer<typeof PendingSchema>;
+      try {
+        const p = PendingSchema.safeParse(decode(await Deno.readFile(path)));
+        if (!p.success) continue;
+        fact = p.data;
+      } catch {
+        continue; // unreadable: not adopted (its unit is computed again)
+      }
+      if (path !== pendingPath(this.dir, fact.unit)) continue;
+      const stage = fact.unit.split("/")[0];
+      if (!(stage in this.manifest.stages)) continue;
+      let want: Record<string, unknown>;
+      try {
+        want = this.settingsUpTo(fact.unit);
+      } catch {
+        continue;
+      }
+      if (JSON.stringify(fact.settings) !== JSON.stringify(want)) continue;
+      if (changedInputs(fact.inputs, this.manifest.inputs).length > 0) continue;
+      const record = fact.record as UnitRecord;
+      const known = this.manifest.units[fact.unit];
+      if (known && known.sha256 === record.sha256 && known.bytes === record.bytes) {
+        adopted.push(path); // already in the manifest
+        continue;
+      }
+      // A whole run checks the file now (the fact may be older than the manifest's record); a
+      // shard only reads the record in, and `done` checks the file when it is asked for.
+      if (!this.shard && !(await this.readChecked(fact.unit, record))) continue;
+      this.manifest.units[fact.unit] = record;
+      this.adopted.push(fact.unit);
+      adopted.push(path);
+    }
+    return adopted;
+  }
+
   private async save(): Promise<void> {
+    if (this.shard) return; // a shard's records live in its fact files
     await writeFileAtomic(join(this.dir, MANIFEST), encode(this.manifest));
   }
 
   async close(): Promise<void> {
     this.last = null;
+    if (this.shard) releaseLock(this.shard.lock, true);
     if (this.lock) {
-      releaseLock(this.lock);
+      releaseLock(this.lock, !this.shard);
       this.lock = null;
     }
     await Promise.resolve();
   }
 }
 
-const LockInfo = z.object({ pid: z.number(), host: z.string() });
+/**
+ * The settings and units a run keeps from the manifest `old` (see WorkDir.open). Stages after
+ * `last` keep what the manifest records (settings and units), unless `restart` drops them.
+ */
+function resolveUnits(
+  dir: string,
+  old: Manifest | null,
+  stages: Record<string, unknown>,
+  inputs: Record<string, string>,
+  restart: string | undefined,
+  last: string | undefined,
+): { stages: Record<string, unknown>; units: Record<string, UnitRecord> } {
+  const order = Object.keys(stages);
+  const lastIdx = last === undefined ? order.length - 1 : order.indexOf(last);
+  const kept: Record<string, unknown> = {};
+  for (let i = 0; i < order.length; i++) {
+    const st = order[i];
+    if (i <= lastIdx) kept[st] = stages[st];
+    else if (old && st in old.stages) kept[st] = old.stages[st];
+  }
+  if (!old) return { stages: kept, units: {} };
+  let from = restart === undefined ? order.length : order.indexOf(restart);
+  const changed = changedInputs(old.inputs, inputs);
+  if (changed.length > 0) {
+    if (restart === undefined) {
+      throw new UserError(
+        `${dir}: input file${changed.length > 1 ? "s" : ""} ${
+          changed.join(", ")
+        } changed since this work directory was made; use --restart ${
+          order[0]
+        } to recompute from the start, or another --work`,
+      );
+    }
+    from = 0;
+  }
+  const unrecorded = new Set<string>();
+  for (let i = 0; i < Math.min(from, lastIdx + 1); i++) {
+    const st = order[i];
+    // A stage the manifest does not record yet (the run that made it stopped before it).
+    if (!(st in old.stages)) {
+      unrecorded.add(st);
+      continue;
+    }
+    if (JSON.stringify(old.stages[st]) !== JSON.stringify(stages[st])) {
+      throw new UserError(
+        `${dir}: the ${st} settings changed since this work directory was made; use --restart ${st} to recompute from there, or another --work`,
+      );
+    }
+  }
+  const dropped = new Set([...order.slice(from), ...unrecorded]);
+  let units: Record<string, UnitRecord> = {};
+  for (const [k, v] of Object.entries(old.units)) {
+    const st = k.split("/")[0];
+    if (!dropped.has(st) && (!order.includes(st) || st in kept)) units[k] = v;
+  }
+  if (changed.length > 0) units = {};
+  return { stages: kept, units };
+}
+
+/** Where a shard keeps the fact file of a unit. */
+function pendingPath(dir: string, unit: string): string {
+  return join(dir, PENDING, `${unit}.msgpack`);
+}
+
+/** Every file under `dir` (recursively), sorted; none when it does not exist. */
+async function listFiles(dir: string): Promise<string[]> {
+  const out: string[] = [];
+  try {
+    for await (const e of Deno.readDir(dir)) {
+      const p = join(dir, e.name);
+      if (e.isDirectory) out.push(...await listFiles(p));
+      else if (e.isFile) out.push(p);
+    }
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) throw e;
+  }
+  return out.sort();
+}
+
+/**
+ * writeFileAtomic with a temporary name unique across hosts (host, pid and a random part), for
+ * files that processes on several machines may write at once.
+ */
+async function writeUnique(path: string, data: Uint8Array): Promise<void> {
+  await Deno.mkdir(dirname(path), { recursive: true });
+  const rand = crypto.getRandomValues(new Uint32Array(2)).join("");
+  const tmp = `${path}.tmp-${hostname()}-${Deno.pid}-${rand}`;
+  const f = await Deno.open(tmp, { write: true, createNew: true });
+  try {
+    let off = 0;
+    while (off < data.length) off += await f.write(data.subarray(off));
+    await f.sync();
+  } finally {
+    f.close();
+  }
+  await Deno.rename(tmp, path);
+  await syncDir(dirname(path));
+}
+
+const LockInfo = z.object({ pid: z.number(), host: z.string(), shard: z.string().optional() });
+
+/** "process 12 on host" from a lock file's contents, or null when it names nobody. */
+async function lockOwner(path: string): Promise<string | null> {
+  try {
+    const held = LockInfo.safeParse(JSON.parse(await Deno.readTextFile(path)));
+    if (held.success) return `process ${held.data.pid} on ${held.data.host}`;
+  } catch {
+    // being written, or empty: the owner is unknown
+  }
+  return null;
+}
+
+/** Writes who holds a lock into its file (for the error message of a refused run only). */
+async function writeOwner(f: Deno.FsFile, extra: Record<string, string> = {}): Promise<void> {
+  const me = JSON.stringify({
+    pid: Deno.pid,
+    host: hostname(),
+    started: new Date().toISOString(),
+    ...extra,
+  });
+  await f.truncate(0);
+  await f.seek(0, Deno.SeekMode.Start);
+  const bytes = new TextEncoder().encode(me);
+  let off = 0;
+  while (off < bytes.length) off += await f.write(bytes.subarray(off));
+}
+
+/** The shards running now (their shard lock held by another process), for error messages. */
+async function runningShards(dir: string): Promise<string[]> {
+  const out: string[] = [];
+  for (const path of await listFiles(join(dir, SHARDS))) {
+    const m = /shard-(\d+)-of-(\d+)\.lock$/.exec(path);
+    if (!m) continue;
+    let f: Deno.FsFile;
+    try {
+      f = await Deno.open(path, { read: true, write: true });
+    } catch {
+      continue;
+    }
+    try {
+      if (await f.tryLock(true)) continue; // free: not running
+      const who = await lockOwner(path);
+      out.push(`shard ${m[1]}/${m[2]}${who ? ` (${who})` : ""}`);
+    } finally {
+      f.close();
+    }
+  }
+  return out;
+}
 
 /**
  * Takes an exclusive OS lock (flock) on `DIR/lock`, held until `close` or until the process ends,
@@ -310,24 +562,16 @@ async function acquireLock(dir: string): Promise<Deno.FsFile> {
   const f = await Deno.open(path, { read: true, write: true, create: true });
   try {
     if (!(await f.tryLock(true))) {
-      let who = "another process";
-      try {
-        const held = LockInfo.safeParse(JSON.parse(await Deno.readTextFile(path)));
-        if (held.success) who = `process ${held.data.pid} on ${held.data.host}`;
-      } catch {
-        // being written, or empty: the owner is unknown
+      const shards = await runningShards(dir);
+      if (shards.length > 0) {
+        throw new UserError(
+          `${dir} is in use by ${shards.join(", ")}; wait for the shards to finish`,
+        );
       }
+      const who = await lockOwner(path) ?? "another process";
       throw new UserError(`${dir} is in use by ${who}; wait for it to finish`);
     }
-    const me = JSON.stringify({
-      pid: Deno.pid,
-      host: hostname(),
-      started: new Date().toISOString(),
-    });
-    await f.truncate(0);
-    const bytes = new TextEncoder().encode(me);
-    let off = 0;
-    while (off < bytes.length) off += await f.write(bytes.subarray(off));
+    await writeOwner(f);
     return f;
   } catch (e) {
     f.close();
@@ -335,13 +579,98 @@ async function acquireLock(dir: string): Promise<Deno.FsFile> {
   }
 }
 
-function releaseLock(f: Deno.FsFile): void {
+/**
+ * A shard's hold on `DIR/lock`: shared, so shards run side by side, and refused while a whole
+ * run holds it exclusive. Nothing is written into the file (it names the whole run's owner).
+ */
+async function acquireShared(dir: string): Promise<Deno.FsFile> {
+  const path = join(dir, LOCK);
+  const f = await Deno.open(path, { read: true, write: true, create: true });
+  try {
+    if (!(await f.tryLock(false))) {
+      const who = await lockOwner(path) ?? "another process";
+      throw new UserError(
+        `${dir} is in use by ${who} (a run that is not a shard); wait for it to finish`,
+      );
+    }
+    return f;
+  } catch (e) {
+    f.close();
+    throw e;
+  }
+}
+
+/**
+ * A shard's own lock, `DIR/shards/shard-I-of-N.lock`, exclusive. A second attempt of the same
+ * shard waits for the first to end (a scheduler may start a replacement while the old attempt
+ * is still stopping), then resumes what it left: the two never write at once.
+ */
+async function acquireShardLock(
+  dir: string,
+  shard: ShardId,
+  onWait?: (message: string) => void,
+): Promise<Deno.FsFile> {
+  const name = `${shard.index}/${shard.count}`;
+  const path = join(dir, SHARDS, `shard-${shard.index}-of-${shard.count}.lock`);
+  await Deno.mkdir(dirname(path), { recursive: true });
+  const f = await Deno.open(path, { read: true, write: true, create: true });
+  try {
+    if (!(await f.tryLock(true))) {
+      const who = await lockOwner(path) ?? "another process";
+      onWait?.(`shard ${name} is being run by ${who}; waiting for it to finish`);
+      await f.lock(true);
+    }
+    await writeOwner(f, { shard: name });
+    return f;
+  } catch (e) {
+    f.close();
+    throw e;
+  }
+}
+
+/**
+ * Runs `fn` holding an exclusive OS lock on the file `path` (created if needed), waiting for
+ * another holder first (`onWait` is told once). For work done once and shared, such as the
+ * --bits plan: the first process computes it, the others wait and then read it.
+ */
+export async function withFileLock<T>(
+  path: string,
+  fn: () => Promise<T>,
+  onWait?: (message: string) => void,
+): Promise<T> {
+  let f: Deno.FsFile;
+  try {
+    await Deno.mkdir(dirname(path), { recursive: true });
+    f = await Deno.open(path, { read: true, write: true, create: true });
+  } catch (e) {
+    throw new UserError(`Cannot create ${path}: ${(e as Error).message.split("\n")[0]}`);
+  }
+  try {
+    if (!(await f.tryLock(true))) {
+      const who = await lockOwner(path) ?? "another process";
+      onWait?.(`${path} is held by ${who}; waiting for it`);
+      await f.lock(true);
+    }
+    await writeOwner(f);
+    try {
+      return await fn();
+    } finally {
+      await f.truncate(0).catch(() => {});
+    }
+  } finally {
+    f.close();
+  }
+}
+
+function releaseLock(f: Deno.FsFile, tidy: boolean): void {
   // The file stays: removing it would let a run waiting on the old inode and a new run on a new
   // file both hold "the" lock. Closing releases the lock.
-  try {
-    f.truncateSync(0);
-  } catch {
-    // only tidiness
+  if (tidy) {
+    try {
+      f.truncateSync(0);
+    } catch {
+      // only tidiness
+    }
   }
   f.close();
 }

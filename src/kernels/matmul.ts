@@ -184,7 +184,9 @@ function plan(gpu: Gpu, args: MatmulArgs, r: Resolved): MatmulPlan {
     extent(r.aOff, r.lda, K, roundUp4(M), r.aBS, nA) * 4 <= args.a.size;
   const vecB = r.bOff % 4 === 0 && (K <= 1 || r.ldb % 4 === 0) && (nB <= 1 || r.bBS % 4 === 0) &&
     extent(r.bOff, r.ldb, K, roundUp4(N), r.bBS, nB) * 4 <= args.b.size;
-  const vecC = r.cOff % 4 === 0 && (M <= 1 || r.ldc % 4 === 0) && (batch <= 1 || r.cBS % 4 === 0);
+  // N % 4 === 0: put() then never takes its scalar stores, so C needs only the vec4 binding.
+  const vecC = r.cOff % 4 === 0 && (M <= 1 || r.ldc % 4 === 0) && (batch <= 1 || r.cBS % 4 === 0) &&
+    N % 4 === 0;
 
   const ln = pickLn(M, N);
   const tileM = (INVOCATIONS / ln) * MATMUL_TM;
@@ -313,11 +315,27 @@ export function matmul(gpu: Gpu, args: MatmulArgs): void {
           accumulate ? 1 : 0,
           groupM(kn, tileM),
         ]);
-        const bindings = [params, a.range, b.range, c.range, a.range, b.range, c.range];
+        // C at binding 6 (vec4) with VEC_C, else at binding 3, never both: browsers (Dawn)
+        // reject two writable bindings of one range; the unused slot gets a spare buffer.
+        const cS = pl.vecC ? spareC(gpu) : c.range, cV = pl.vecC ? c.range : spareC(gpu);
+        const bindings = [params, a.range, b.range, cS, a.range, b.range, cV];
         gpu.dispatch(pipe, bindings, [gx, ceilDiv(mn, tileM), zn]);
       }
     }
   }
+}
+
+const spares = new WeakMap<Gpu, BufferRange>();
+
+/** A 16-byte storage buffer for the C slot a variant never touches (one per Gpu, kept). */
+function spareC(gpu: Gpu): BufferRange {
+  let r = spares.get(gpu);
+  if (!r) {
+    const usage = GPUBufferUsage.STORAGE;
+    r = { buffer: gpu.device.createBuffer({ size: 16, usage, label: "matmul spare C" }) };
+    spares.set(gpu, r);
+  }
+  return r;
 }
 
 function expectShape(t: Tensor, rank: number, what: string): void {

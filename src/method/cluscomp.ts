@@ -12,6 +12,8 @@ import {
   planMatrices,
 } from "../cluster/plan.ts";
 import { clusterBlock, matrixSeed, storedCodebook } from "../cluster/stage.ts";
+import { type BlockStats, inputOf, vectorWeights } from "../cluster/stats.ts";
+import { UserError } from "../errors.ts";
 import { vectorizeT } from "../cluster/vectorize.ts";
 import {
   type ClusterModule,
@@ -33,10 +35,17 @@ export const cluscomp: Method = {
   stage: "cluster",
   finetunable: true,
   async plan(cfg, src, s, inputs) {
+    const weighted = s.cluster.weighting === "activations";
+    if (weighted && !s.stats) {
+      throw new UserError(
+        "compress: --weighting activations needs calibration statistics (give --calib FILE)",
+      );
+    }
+    const stats = weighted ? s.stats : undefined;
     const cached = await cachedPlan(
       s,
       inputs,
-      () => planMatrices(cfg, s.cluster, sampleErrorFn(cfg, src, s.cluster.seed)),
+      () => planMatrices(cfg, s.cluster, sampleErrorFn(cfg, src, s.cluster.seed, stats)),
     );
     // Stored bits as this version writes them (packed codes), also for a plan cached by an
     // older version; the stage settings keep the cached plan so its work directory resumes.
@@ -55,10 +64,12 @@ export const cluscomp: Method = {
         seed: s.cluster.seed,
         init: s.cluster.init,
         restarts: s.cluster.restarts,
+        // Only when on: plain runs keep the settings (and work directories) they had.
+        ...(weighted ? { weighting: "activations" } : {}),
       },
       note: `\n${formatPlan(plan)}\noverall ${bits.total.toFixed(4)} bits per weight`,
-      quantizeBlock: (gpu, layer, onMatrix) =>
-        clusterBlock(gpu, cfg, src, layer, plan, s.cluster, onMatrix),
+      quantizeBlock: async (gpu, layer, onMatrix) =>
+        clusterBlock(gpu, cfg, src, layer, plan, s.cluster, onMatrix, await stats?.(layer)),
       // Codes leave the unit as U8 / U16 and are written packed at their bit width.
       blockTensors: (tensors) =>
         tensors.map((t) =>
@@ -101,10 +112,19 @@ function quantConfig(
   };
 }
 
-/** Quick k-means on a sample of one layer's matrix, for ranking (d, n) pairs. */
-function sampleErrorFn(cfg: ModelConfig, src: WeightSource, seed: number) {
+/**
+ * Quick k-means on a sample of one layer's matrix, for ranking (d, n) pairs; with `stats`, each
+ * vector weighs its input feature's second moment and the error is the weighted mean.
+ */
+function sampleErrorFn(
+  cfg: ModelConfig,
+  src: WeightSource,
+  seed: number,
+  stats?: (layer: number) => Promise<BlockStats>,
+) {
   const cache = new Map<string, Float32Array>();
   const layer = Math.floor(cfg.layers / 2);
+  let layerStats: Promise<BlockStats> | undefined;
   return async (kind: MatrixPlan["kind"], d: number, n: number): Promise<number> => {
     const gpu = await getGpu();
     const lin = linearNames(layer, cfg).find((l) => l.kind === kind)!;
@@ -114,21 +134,39 @@ function sampleErrorFn(cfg: ModelConfig, src: WeightSource, seed: number) {
       cache.set(kind, wT);
     }
     const { x, N } = vectorizeT(wT, lin.in, lin.out, d);
+    const cols = Math.ceil(lin.out / d);
+    let all: Float32Array | undefined;
+    if (stats) {
+      layerStats ??= stats(layer);
+      all = vectorWeights((await layerStats).diag[inputOf(kind)], 0, lin.in, cols);
+    }
     // A sample of up to 65,536 vectors, and n scaled down with it.
     const S = Math.min(N, 65536);
-    let sample = x;
+    let sample = x, weights = all;
     if (S < N) {
       const rng = new Rng(matrixSeed(seed, layer, kind) ^ d);
       sample = new Float32Array(S * d);
+      if (all) weights = new Float32Array(S);
       for (let i = 0; i < S; i++) {
         const j = rng.int(N);
         sample.set(x.subarray(j * d, j * d + d), i * d);
+        if (all) weights![i] = all[j];
       }
     }
     const nn = Math.max(2, Math.min(n, Math.floor(S * n / N), S));
     // Small samples run on the host ("auto"): a GPU pass costs a ~13 ms readback on llvmpipe.
-    const r = await kmeans(gpu, sample, S, d, nn, { iters: 5, seed, backend: "auto" });
-    return r.objective / (S * d);
+    const r = await kmeans(gpu, sample, S, d, nn, {
+      iters: 5,
+      seed,
+      backend: "auto",
+      ...(weights ? { weights } : {}),
+    });
+    let total = S;
+    if (weights) {
+      total = 0;
+      for (const w of weights) total += w;
+    }
+    return r.objective / (total * d);
   };
 }
 
@@ -160,7 +198,12 @@ async function cachedPlan(
   inputs: string,
   make: () => Promise<MatrixPlan[]>,
 ): Promise<MatrixPlan[]> {
-  const key = await sha256(JSON.stringify([s.cluster, inputs]));
+  // Weighted plans depend on the statistics too.
+  const key = await sha256(
+    JSON.stringify(
+      s.cluster.weighting === "activations" ? [s.cluster, inputs, s.statsKey] : [s.cluster, inputs],
+    ),
+  );
   const path = join(s.work, "plans", `${key.slice(0, 32)}.json`);
   if (existsSync(path)) {
     try {

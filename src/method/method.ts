@@ -1,8 +1,9 @@
 // A compression method: how the pipeline plans a model's bits, quantizes one block into a work
 // unit, exports that unit's tensors and describes the folder's quantization_config. One file per
-// method (cluscomp.ts, rtn.ts); compress() picks one from `methods` by name.
+// method (cluscomp.ts, rtn.ts, gptq.ts); compress() picks one from `methods` by name.
 import type { ClusterSettings, MatrixPlan } from "../cluster/plan.ts";
 import type { MatrixFacts } from "../cluster/stage.ts";
+import type { BlockStats } from "../cluster/stats.ts";
 import type { QuantizationConfig, TensorBytes } from "../format/compressed.ts";
 import type { Gpu } from "../gpu/device.ts";
 import type { LinearKind, ModelConfig } from "../io/config.ts";
@@ -14,6 +15,15 @@ export interface MethodSettings {
   work: string;
   cluster: ClusterSettings;
   rtn: { bits: number; group: number };
+  /**
+   * Calibration statistics of block `layer`'s linear inputs (src/cluster/stats.ts), when the run
+   * gathers them (--weighting activations, or a method that needs them).
+   */
+  stats?: (layer: number) => Promise<BlockStats>;
+  /** What `stats` are computed from (a hash of the calibration text and settings): for caches. */
+  statsKey?: string;
+  /** --method gptq: bits, group, act-order (static groups), damping (fraction of mean diag H). */
+  gptq?: { bits: number; group: number; actOrder: boolean; damp: number };
 }
 
 /** A method's plan for one model: its bits and what it needs to quantize and export. */
@@ -38,7 +48,12 @@ export interface MethodPlan {
 }
 
 export interface Method {
-  name: "cluscomp" | "rtn";
+  name: "cluscomp" | "rtn" | "gptq";
+  /**
+   * The calibration statistics it reads through MethodSettings.stats: "diag" the second moments
+   * only, "full" the Gram matrices too (GPTQ's Hessians). Absent: "none".
+   */
+  needsStats?: "none" | "diag" | "full";
   /** The name of its block stage in the work directory ("cluster/block-000", ...). */
   stage: string;
   /** Whether its units hold codebooks that finetuning can tune. */

@@ -1,4 +1,7 @@
-// Backward pass of one decoder block for one window (B = 1), after forwardBlock(..., keep).
+// Backward pass of one decoder block over B windows of T tokens (N = B * T columns, as the
+// forward's BlockScratch holds them), after forwardBlock(..., keep). Every per-token kernel runs
+// once over all N columns; the attention core runs per window (its causal mask and positions
+// restart in every window). Weight gradients sum over all N columns.
 // Weight gradients dW^T [in, out] are handed to a callback one at a time (the buffer is reused
 // afterwards); the input gradient and the norm-weight gradients are optional.
 // Attention probabilities are recomputed per head group rather than kept: [heads, T, T] per
@@ -16,19 +19,31 @@ import {
 import { matmul } from "../kernels/matmul.ts";
 import { transpose } from "../kernels/transpose.ts";
 import { linearOf } from "./weights.ts";
-import type { BlockScratch, BlockWeights, KeptActivations } from "./block.ts";
+import { type BlockScratch, type BlockWeights, forChunks, type KeptActivations } from "./block.ts";
 
-/** The extra buffers a backward pass needs for one window of T tokens. */
+/** The extra buffers a backward pass needs for `windows` windows of T tokens. */
 export class BackwardScratch {
   readonly t: Record<string, Tensor> = {};
-  constructor(readonly gpu: Gpu, readonly cfg: ModelConfig, readonly T: number, headGroup: number) {
-    for (const [name, shape] of BackwardScratch.shapes(cfg, T, headGroup)) {
+  constructor(
+    readonly gpu: Gpu,
+    readonly cfg: ModelConfig,
+    readonly T: number,
+    headGroup: number,
+    readonly windows = 1,
+  ) {
+    for (const [name, shape] of BackwardScratch.shapes(cfg, T, headGroup, windows)) {
       this.t[name] = Tensor.empty(gpu, shape, `backward.${name}`);
     }
   }
 
   /** The buffers' names and shapes (also what the memory plan counts). */
-  static shapes(cfg: ModelConfig, T: number, headGroup: number): [string, number[]][] {
+  static shapes(
+    cfg: ModelConfig,
+    seqlen: number,
+    headGroup: number,
+    windows = 1,
+  ): [string, number[]][] {
+    const T = windows * seqlen;
     const H = cfg.hidden, I = cfg.intermediate, hd = cfg.headDim;
     const qd = cfg.heads * hd, kvd = cfg.kvHeads * hd;
     let maxW = 0;
@@ -49,7 +64,7 @@ export class BackwardScratch {
       ["vT", [kvd, T]],
       ["tokA", [T, widest]],
       ["tokB", [T, widest]],
-      ["p2", [headGroup, T, T]],
+      ["p2", [headGroup, seqlen, seqlen]],
       ["dwT", [maxW]],
       ["rstd", [T]],
     ];
@@ -65,14 +80,14 @@ export interface BackwardOptions {
   onWeightGrad: (kind: LinearKind, dwT: BufferRange) => void;
   /** W [out, in] per linear (the backward contracts over out). */
   w: Record<LinearKind, Tensor>;
-  /** Input gradient [H, T], written when given. */
+  /** Input gradient [H, N], written when given. */
   dx?: Tensor;
   /** Norm-weight gradients [H], accumulated when given. */
   dInputNorm?: Tensor;
   dPostNorm?: Tensor;
 }
 
-/** Gradients from dy [H, T] after forwardBlock(gpu, b, y, s, keep) on one window. */
+/** Gradients from dy [H, N] after forwardBlock(gpu, b, y, s, keep) on the scratch's windows. */
 export function backwardBlock(
   gpu: Gpu,
   b: BlockWeights,
@@ -83,40 +98,54 @@ export function backwardBlock(
   opt: BackwardOptions,
 ): void {
   const cfg = s.cfg, g = bs.t, W = opt.w;
-  const T = bs.T, H = cfg.hidden, I = cfg.intermediate, hd = cfg.headDim;
-  const qd = cfg.heads * hd, kvd = cfg.kvHeads * hd, group = cfg.heads / cfg.kvHeads;
-  if (s.n !== T) throw new Error("backwardBlock: the scratch must hold exactly one window");
+  // T: columns of every per-token buffer (all windows); L: tokens of one window.
+  const L = bs.T, T = s.n, H = cfg.hidden, I = cfg.intermediate, hd = cfg.headDim;
+  const qd = cfg.heads * hd, kvd = cfg.kvHeads * hd;
+  if (s.seqlen !== L || s.windows !== bs.windows) {
+    throw new Error(
+      `backwardBlock: the scratches disagree (${s.windows} x ${s.seqlen} tokens forward, ` +
+        `${bs.windows} x ${L} backward)`,
+    );
+  }
   const lin = (kind: LinearKind) => linearOf(cfg, 0, kind);
-  // dX [in, T] (+)= sum_o W[o, i] dY[o, t]
+  // dX [in, T] (+)= sum_o W[o, i] dY[o, t], s.linearCols columns a dispatch.
   const back = (kind: LinearKind, dY: Tensor, dX: Tensor, accumulate = false) => {
     const l = lin(kind);
-    matmul(gpu, {
-      M: l.in,
-      N: T,
-      K: l.out,
-      a: W[kind].buffer,
-      lda: l.in,
-      b: dY.buffer,
-      ldb: T,
-      c: dX.buffer,
-      ldc: T,
-      accumulate,
-    });
+    forChunks(T, s.linearCols, (c0, nc) =>
+      matmul(gpu, {
+        M: l.in,
+        N: nc,
+        K: l.out,
+        a: W[kind].buffer,
+        lda: l.in,
+        b: dY.buffer,
+        bOffset: c0,
+        ldb: T,
+        c: dX.buffer,
+        cOffset: c0,
+        ldc: T,
+        accumulate,
+      }));
   };
-  // dW^T [in, out] = X_tok^T dY_tok, both token-major.
+  // dW^T [in, out] = X_tok^T dY_tok, both token-major: summed over s.linearCols tokens a
+  // dispatch, accumulating.
   const grad = (kind: LinearKind, xTok: Tensor, dyTok: Tensor) => {
     const l = lin(kind);
-    matmul(gpu, {
-      M: l.in,
-      N: l.out,
-      K: T,
-      a: xTok.buffer,
-      lda: l.in,
-      b: dyTok.buffer,
-      ldb: l.out,
-      c: g.dwT.buffer,
-      ldc: l.out,
-    });
+    forChunks(T, s.linearCols, (c0, nc) =>
+      matmul(gpu, {
+        M: l.in,
+        N: l.out,
+        K: nc,
+        a: xTok.buffer,
+        aOffset: c0 * l.in,
+        lda: l.in,
+        b: dyTok.buffer,
+        bOffset: c0 * l.out,
+        ldb: l.out,
+        c: g.dwT.buffer,
+        ldc: l.out,
+        accumulate: c0 > 0,
+      }));
     opt.onWeightGrad(kind, { buffer: g.dwT.buffer, offset: 0, size: l.in * l.out * 4 });
   };
   // [rows, T] -> [T, rows]
@@ -166,105 +195,29 @@ export function backwardBlock(
   tok(s.k, kvd, g.tokB); // k token-major [T, kvd]
   const scale = 1 / Math.sqrt(hd);
   const sc = s.scores.buffer, p2 = g.p2.buffer;
-  for (let h0 = 0; h0 < cfg.heads; h0 += s.headGroup) {
-    const hs = Math.min(s.headGroup, cfg.heads - h0);
-    const range = { buffer: p2, offset: 0, size: hs * T * T * 4 };
-    const scRange = { buffer: sc, offset: 0, size: hs * T * T * 4 };
-    // P^T [hs, j, i] recomputed as in the forward.
-    matmul(gpu, {
-      M: T,
-      N: T,
-      K: hd,
-      a: s.k.buffer,
-      aOffset: Math.floor(h0 / group) * hd * T,
-      lda: T,
-      b: s.q.buffer,
-      bOffset: h0 * hd * T,
-      ldb: T,
-      c: sc,
-      ldc: T,
-      batch: hs,
-      aBatchStride: hd * T,
-      aBatchDiv: group,
-      bBatchStride: hd * T,
-      cBatchStride: T * T,
-    });
-    causalSoftmax(gpu, scRange, hs, T, scale);
-    // dV[j, kv(h)] (+)= sum_i P[i, j] dO[i, h], with P = transpose of P^T.
-    transpose(gpu, scRange, range, T, T, hs);
-    for (let h = h0; h < h0 + hs; h++) {
-      matmul(gpu, {
-        M: T,
-        N: hd,
-        K: T,
-        a: p2,
-        aOffset: (h - h0) * T * T,
-        lda: T,
-        b: g.doTok.buffer,
-        bOffset: h * hd,
-        ldb: qd,
-        c: g.dv.buffer,
-        cOffset: Math.floor(h / group) * hd,
-        ldc: kvd,
-        accumulate: h % group !== 0,
-      });
-    }
-    // dP^T [hs, j, i] = sum_d V[j, d] dO^T[d, i], then dS^T in place.
-    matmul(gpu, {
-      M: T,
-      N: T,
-      K: hd,
-      a: g.vT.buffer,
-      aOffset: Math.floor(h0 / group) * hd * T,
-      lda: T,
-      b: g.do.buffer,
-      bOffset: h0 * hd * T,
-      ldb: T,
-      c: p2,
-      ldc: T,
-      batch: hs,
-      aBatchStride: hd * T,
-      aBatchDiv: group,
-      bBatchStride: hd * T,
-      cBatchStride: T * T,
-    });
-    causalSoftmaxBackward(gpu, scRange, range, hs, T, scale);
-    // dQ^T[h] = sum_j K[j, d] dS^T[j, i]
-    matmul(gpu, {
-      M: hd,
-      N: T,
-      K: T,
-      a: g.tokB.buffer,
-      aOffset: Math.floor(h0 / group) * hd,
-      lda: kvd,
-      b: p2,
-      ldb: T,
-      c: g.dq.buffer,
-      cOffset: h0 * hd * T,
-      ldc: T,
-      batch: hs,
-      aBatchStride: hd,
-      aBatchDiv: group,
-      bBatchStride: T * T,
-      cBatchStride: hd * T,
-    });
-    // dK^T[kv] (+)= sum_i Q[i, d] dS[i, j], with dS = transpose of dS^T.
-    transpose(gpu, range, scRange, T, T, hs);
-    for (let h = h0; h < h0 + hs; h++) {
-      matmul(gpu, {
-        M: hd,
-        N: T,
-        K: T,
-        a: g.tokA.buffer,
-        aOffset: h * hd,
-        lda: qd,
-        b: sc,
-        bOffset: (h - h0) * T * T,
-        ldb: T,
-        c: g.dk.buffer,
-        cOffset: Math.floor(h / group) * hd * T,
-        ldc: T,
-        accumulate: h % group !== 0,
+  for (let w = 0; w < s.windows; w++) {
+    // Window w: feature-major columns c0 .. c0 + L - 1, token-major rows likewise.
+    const c0 = w * L;
+    for (let h0 = 0; h0 < cfg.heads; h0 += s.headGroup) {
+      attentionBackward(gpu, cfg, {
+        h0,
+        hs: Math.min(s.headGroup, cfg.heads - h0),
+        L,
+        T,
+        c0,
+        scale,
+        sc,
+        p2,
+        q: s.q.buffer,
+        k: s.k.buffer,
+        vT: g.vT.buffer,
+        qTok: g.tokA.buffer,
+        kTok: g.tokB.buffer,
+        dO: g.do.buffer,
+        dOTok: g.doTok.buffer,
+        dq: g.dq.buffer,
+        dk: g.dk.buffer,
+        dv: g.dv.buffer,
       });
     }
   }
@@ -299,5 +252,138 @@ export function backwardBlock(
         ...(opt.dInputNorm ? { dw: opt.dInputNorm.all, rstd: g.rstd.all } : {}),
       },
     );
+  }
+}
+
+/** One window's attention operands for attentionBackward (see backwardBlock). */
+interface AttentionGrads {
+  /** First head and heads of the group, tokens per window, columns in all, window's column. */
+  h0: number;
+  hs: number;
+  L: number;
+  T: number;
+  c0: number;
+  scale: number;
+  /** [hs, L, L] scratch for P^T (then dS) and dP^T (then dS^T). */
+  sc: GPUBuffer;
+  p2: GPUBuffer;
+  /** Feature-major [qd | kvd, T]: q, k (kept), V^T, dO^T; written: dQ^T, dK^T. */
+  q: GPUBuffer;
+  k: GPUBuffer;
+  vT: GPUBuffer;
+  dO: GPUBuffer;
+  dq: GPUBuffer;
+  dk: GPUBuffer;
+  /** Token-major [T, qd | kvd]: q, k, dO; written: dV. */
+  qTok: GPUBuffer;
+  kTok: GPUBuffer;
+  dOTok: GPUBuffer;
+  dv: GPUBuffer;
+}
+
+/** The attention core's gradients for one head group of one window. */
+function attentionBackward(gpu: Gpu, cfg: ModelConfig, a: AttentionGrads): void {
+  const hd = cfg.headDim, qd = cfg.heads * hd, kvd = cfg.kvHeads * hd;
+  const group = cfg.heads / cfg.kvHeads;
+  const { h0, hs, L, T, c0, sc, p2 } = a;
+  const kv0 = Math.floor(h0 / group);
+  const range = { buffer: p2, offset: 0, size: hs * L * L * 4 };
+  const scRange = { buffer: sc, offset: 0, size: hs * L * L * 4 };
+  // P^T [hs, j, i] recomputed as in the forward.
+  matmul(gpu, {
+    M: L,
+    N: L,
+    K: hd,
+    a: a.k,
+    aOffset: kv0 * hd * T + c0,
+    lda: T,
+    b: a.q,
+    bOffset: h0 * hd * T + c0,
+    ldb: T,
+    c: sc,
+    ldc: L,
+    batch: hs,
+    aBatchStride: hd * T,
+    aBatchDiv: group,
+    bBatchStride: hd * T,
+    cBatchStride: L * L,
+  });
+  causalSoftmax(gpu, scRange, hs, L, a.scale);
+  // dV[j, kv(h)] (+)= sum_i P[i, j] dO[i, h], with P = transpose of P^T.
+  transpose(gpu, scRange, range, L, L, hs);
+  for (let h = h0; h < h0 + hs; h++) {
+    matmul(gpu, {
+      M: L,
+      N: hd,
+      K: L,
+      a: p2,
+      aOffset: (h - h0) * L * L,
+      lda: L,
+      b: a.dOTok,
+      bOffset: c0 * qd + h * hd,
+      ldb: qd,
+      c: a.dv,
+      cOffset: c0 * kvd + Math.floor(h / group) * hd,
+      ldc: kvd,
+      accumulate: h % group !== 0,
+    });
+  }
+  // dP^T [hs, j, i] = sum_d V[j, d] dO^T[d, i], then dS^T in place.
+  matmul(gpu, {
+    M: L,
+    N: L,
+    K: hd,
+    a: a.vT,
+    aOffset: kv0 * hd * T + c0,
+    lda: T,
+    b: a.dO,
+    bOffset: h0 * hd * T + c0,
+    ldb: T,
+    c: p2,
+    ldc: L,
+    batch: hs,
+    aBatchStride: hd * T,
+    aBatchDiv: group,
+    bBatchStride: hd * T,
+    cBatchStride: L * L,
+  });
+  causalSoftmaxBackward(gpu, scRange, range, hs, L, a.scale);
+  // dQ^T[h] = sum_j K[j, d] dS^T[j, i]
+  matmul(gpu, {
+    M: hd,
+    N: L,
+    K: L,
+    a: a.kTok,
+    aOffset: c0 * kvd + kv0 * hd,
+    lda: kvd,
+    b: p2,
+    ldb: L,
+    c: a.dq,
+    cOffset: h0 * hd * T + c0,
+    ldc: T,
+    batch: hs,
+    aBatchStride: hd,
+    aBatchDiv: group,
+    bBatchStride: L * L,
+    cBatchStride: hd * T,
+  });
+  // dK^T[kv] (+)= sum_i Q[i, d] dS[i, j], with dS = transpose of dS^T.
+  transpose(gpu, range, scRange, L, L, hs);
+  for (let h = h0; h < h0 + hs; h++) {
+    matmul(gpu, {
+      M: hd,
+      N: L,
+      K: L,
+      a: a.qTok,
+      aOffset: c0 * qd + h * hd,
+      lda: qd,
+      b: sc,
+      bOffset: (h - h0) * L * L,
+      ldb: L,
+      c: a.dk,
+      cOffset: Math.floor(h / group) * hd * T + c0,
+      ldc: T,
+      accumulate: h % group !== 0,
+    });
   }
 }

@@ -93,6 +93,12 @@ export class BlockScratch {
   readonly up: Tensor;
   readonly cos: Tensor;
   readonly sin: Tensor;
+  /**
+   * Columns per dense linear dispatch in forwardBlock (default: all n). Finetuning runs its
+   * windows' linears one window at a time: on llvmpipe a matmul over 128 columns costs less per
+   * column than one over 512 or more (measured), while every other kernel still runs once.
+   */
+  readonly linearCols: number;
 
   private constructor(
     readonly gpu: Gpu,
@@ -101,8 +107,10 @@ export class BlockScratch {
     readonly seqlen: number,
     cos: Tensor,
     sin: Tensor,
+    linearCols?: number,
   ) {
     const n = this.n = windows * seqlen;
+    this.linearCols = Math.max(1, Math.min(n, linearCols ?? n));
     const qDim = cfg.heads * cfg.headDim, kvDim = cfg.kvHeads * cfg.headDim;
     ({ mlpChunk: this.mlpChunk, headGroup: this.headGroup } = BlockScratch.split(
       cfg,
@@ -129,6 +137,7 @@ export class BlockScratch {
     windows: number,
     seqlen: number,
     table: { cos: Float32Array; sin: Float32Array },
+    opts: { linearCols?: number } = {},
   ): Promise<BlockScratch> {
     const half = cfg.headDim / 2;
     const cos = new Float32Array(windows * seqlen * half), sin = new Float32Array(cos.length);
@@ -144,6 +153,7 @@ export class BlockScratch {
       seqlen,
       await Tensor.from(gpu, cos, [n, half], "rope.cos"),
       await Tensor.from(gpu, sin, [n, half], "rope.sin"),
+      opts.linearCols,
     );
   }
 
@@ -203,6 +213,20 @@ export interface KeptActivations {
   g: Tensor;
 }
 
+/**
+ * Sees each linear's input as it is made (calibration statistics): "attn" (q, k, v), "o", "mlp"
+ * (gate, up), "down"; feature-major `rows` x `cols` at columns col0.. of rows of stride `ld`. It
+ * must queue its GPU work at once: the scratch is reused afterwards.
+ */
+export type BlockTap = (
+  input: "attn" | "o" | "mlp" | "down",
+  x: GPUBuffer,
+  rows: number,
+  ld: number,
+  col0: number,
+  cols: number,
+) => void;
+
 /** x^T [hidden, N] <- block(x^T), in place; `keep` copies what backward needs. */
 export function forwardBlock(
   gpu: Gpu,
@@ -210,6 +234,7 @@ export function forwardBlock(
   x: Tensor,
   s: BlockScratch,
   keep?: KeptActivations,
+  tap?: BlockTap,
 ): void {
   const cfg = s.cfg;
   const n = s.n, T = s.seqlen, hd = cfg.headDim, H = cfg.hidden;
@@ -220,11 +245,29 @@ export function forwardBlock(
   // Attention.
   rmsnorm(gpu, x.all, b.inputNorm.all, s.h.all, H, n, cfg.rmsNormEps);
   if (keep) gpu.copy(s.h.buffer, 0, keep.h1.buffer, 0, s.h.bytes);
+  tap?.("attn", s.h.buffer, H, n, 0, n);
   // V token-major [N, kvDim]: the P.V product reads it as At.
-  projectQkv(gpu, b, cfg, s.h.buffer, n, s.q.buffer, { buffer: s.k.buffer, offset: 0, ld: n }, {
-    buffer: s.v.buffer,
-    offset: 0,
-  });
+  if (s.linearCols >= n) {
+    projectQkv(gpu, b, cfg, s.h.buffer, n, s.q.buffer, { buffer: s.k.buffer, offset: 0, ld: n }, {
+      buffer: s.v.buffer,
+      offset: 0,
+    });
+  } else {
+    const qDim = cfg.heads * hd, kvDim = cfg.kvHeads * hd;
+    forChunks(n, s.linearCols, (c0, nc) => {
+      const x = { N: nc, x: s.h.buffer, xOffset: c0, ldx: n };
+      const fm = { yOffset: c0, yRow: n, yCol: 1 };
+      linear(gpu, b.w.q, H, qDim, { ...x, ...fm, y: s.q.buffer });
+      linear(gpu, b.w.k, H, kvDim, { ...x, ...fm, y: s.k.buffer });
+      linear(gpu, b.w.v, H, kvDim, {
+        ...x,
+        y: s.v.buffer,
+        yOffset: c0 * kvDim,
+        yRow: 1,
+        yCol: kvDim,
+      });
+    });
+  }
   rope(gpu, s.q.all, s.cos.all, s.sin.all, cfg.heads, hd, n);
   rope(gpu, s.k.all, s.cos.all, s.sin.all, cfg.kvHeads, hd, n);
   for (let w = 0; w < s.windows; w++) {
@@ -246,7 +289,8 @@ export function forwardBlock(
       q0: 0,
     });
   }
-  outputAndMlp(gpu, b, x, s, n, keep);
+  tap?.("o", s.o.buffer, cfg.heads * hd, n, 0, n);
+  outputAndMlp(gpu, b, x, s, n, keep, tap);
 }
 
 /**
@@ -359,10 +403,18 @@ export function outputAndMlp(
   s: BlockScratch,
   n: number,
   keep?: KeptActivations,
+  tap?: BlockTap,
 ): void {
   const cfg = s.cfg, H = cfg.hidden, I = cfg.intermediate, qDim = cfg.heads * cfg.headDim;
+  // Feature-major linears, s.linearCols columns a dispatch (io's offsets are columns).
   const lin = (w: GpuLinear, inDim: number, out: number, io: LinearIO) =>
-    linear(gpu, w, inDim, out, io);
+    forChunks(io.N, s.linearCols, (c0, nc) =>
+      linear(gpu, w, inDim, out, {
+        ...io,
+        N: nc,
+        xOffset: (io.xOffset ?? 0) + c0,
+        yOffset: (io.yOffset ?? 0) + c0,
+      }));
   lin(b.w.o, qDim, H, {
     N: n,
     x: s.o.buffer,
@@ -374,6 +426,7 @@ export function outputAndMlp(
   });
   if (keep) gpu.copy(x.buffer, 0, keep.x2.buffer, 0, x.bytes);
   rmsnorm(gpu, x.all, b.postNorm.all, s.h.all, H, n, cfg.rmsNormEps);
+  tap?.("mlp", s.h.buffer, H, n, 0, n);
   const chunk = Math.min(s.mlpChunk, n);
   for (let c0 = 0; c0 < n; c0 += chunk) {
     const nc = Math.min(chunk, n - c0);
@@ -382,6 +435,7 @@ export function outputAndMlp(
     lin(b.w.up, H, I, { ...hIn, y: s.up.buffer, yRow: nc, yCol: 1 });
     if (keep) gpu.copy(s.gate.buffer, 0, keep.g.buffer, 0, I * nc * 4);
     siluMul(gpu, s.gate.all, s.up.all, I * nc);
+    tap?.("down", s.gate.buffer, I, nc, 0, nc);
     lin(b.w.down, I, H, {
       N: nc,
       x: s.gate.buffer,
@@ -393,4 +447,9 @@ export function outputAndMlp(
       accumulate: true,
     });
   }
+}
+
+/** f(c0, nc) for consecutive column chunks of at most `chunk` of n columns. */
+export function forChunks(n: number, chunk: number, f: (c0: number, nc: number) => void): void {
+  for (let c0 = 0; c0 < n; c0 += chunk) f(c0, Math.min(chunk, n - c0));
 }

@@ -17,12 +17,14 @@ import { openModel } from "../format/open.ts";
 import { methods } from "../method/mod.ts";
 import { z } from "zod";
 import { inputsHash } from "./inputs.ts";
+import { prepareStats } from "./stats.ts";
 import type { Progress } from "../util/progress.ts";
 import { RunControl } from "../runner/control.ts";
 import { StageRunner, type Unit } from "../runner/stage.ts";
 import { originalBitsPerWeight, writeReport } from "./report.ts";
 import type { CompressResult, CompressSettings } from "./result.ts";
-import { WorkDir } from "../io/workdir.ts";
+import { withFileLock, WorkDir } from "../io/workdir.ts";
+import { blockCosts, checkStage, shardUnits, type StageOptions } from "./shard.ts";
 import { patchFolder } from "../format/update.ts";
 import { trainCompressed } from "./train.ts";
 import { checkWritable } from "../io/atomic.ts";
@@ -46,6 +48,7 @@ export async function compress(
   s: CompressSettings,
   progress: Progress,
   control: RunControl = new RunControl(null),
+  opts: StageOptions = {},
 ): Promise<CompressResult> {
   const t0 = performance.now();
   const method = methods[s.method];
@@ -60,12 +63,28 @@ export async function compress(
       throw new UserError(`${s.model}: is already compressed; give the original model`);
     }
   }
-  await checkWritable(s.out);
+  // A shard writes no output (and pods sharing a volume may have the same pid for the probe).
+  if (!opts.shard) await checkWritable(s.out);
   const m = await openModel(s.model);
   const tokenizer = await Tokenizer.load(s.model);
   const { cfg, source, index } = m;
-  const inputs = await inputsHash(s.model, index.files, s.work);
-  const planned = await method.plan(cfg, source, s, inputs.hash);
+  // Shards starting at once: the first hashes the inputs, the others wait and read its cache.
+  const inputs = await withFileLock(
+    join(s.work, "plans.lock"),
+    () => inputsHash(s.model, index.files, s.work),
+    (m) => progress.note("plan", m),
+  );
+  // Calibration statistics (--weighting activations, GPTQ): a stage of their own before the
+  // method's; planning may read a block's statistics before the stage has run.
+  const st = await prepareStats(s, method, getGpu, cfg, source, tokenizer);
+  // One plan for all shards: the first computes (and caches) it under this lock, the others
+  // wait and read the cached plan.
+  const planned = await withFileLock(
+    join(s.work, "plans.lock"),
+    () =>
+      method.plan(cfg, source, st ? { ...s, stats: st.stats, statsKey: st.key } : s, inputs.hash),
+    (m) => progress.note("plan", m),
+  );
   const { bits, matrices: plan, quantizeBlock } = planned;
   progress.note("plan", planned.note);
   const ft = method.finetunable ? s.finetune : undefined;
@@ -74,6 +93,8 @@ export async function compress(
   // cap changes where activations live, not results, so a resume may change it.
   const { hostBudget: _, ...recordedTrain } = ft?.train ?? {};
   const stages: Record<string, unknown> = {
+    // Only when the run gathers statistics: other runs keep the stages (and work dirs) they had.
+    ...(st ? { stats: st.settings } : {}),
     [stage]: planned.settings,
     finetune: ft ? { ...ft, train: recordedTrain } : null,
     // compress --recover: the teacher's units (top-k over the recovery windows), the train stage.
@@ -93,7 +114,15 @@ export async function compress(
     eval: s.eval ? { ...s.eval, codebookDtype: s.cluster.codebookDtype } : null,
   };
   const gpu = await getGpu();
-  const work = await WorkDir.open(s.work, stages, inputs.files, s.restart);
+  checkStage(opts, stage, ft !== undefined);
+  const work = await WorkDir.open(s.work, stages, inputs.files, s.restart, {
+    last: opts.stage,
+    shard: opts.shard,
+    onWait: (m) => progress.note(stage, m),
+  });
+  if (work.adopted.length > 0) {
+    progress.note(stage, `adopted ${work.adopted.length} units that shards finished`);
+  }
   const runner = new StageRunner(work, progress, control);
   // A block's cluster (or RTN) unit: its codebooks and codes, with per-matrix facts.
   const quantizeUnit = (name: string, l: number): Unit<z.infer<typeof BlockInfo>> => ({
@@ -130,21 +159,28 @@ export async function compress(
     host_peak: {},
   };
   try {
+    if (st) {
+      runner.enter("stats", gpu);
+      await st.run(runner);
+    }
     runner.enter(stage, gpu);
     const unitName = (l: number) => `${stage}/block-${String(l).padStart(3, "0")}`;
     const readUnit = async (unit: string) =>
       decodeSafetensors(await runner.read(unit), work.path(`${unit}.safetensors`));
-    const clustered = await runner.stage(
-      stage,
-      Array.from({ length: cfg.layers }, (_, l) => quantizeUnit(unitName(l), l)),
+    const layers = shardUnits(
+      blockCosts(cfg, plan, s.cluster),
+      opts.shard,
+      (m) => progress.note(stage, m),
     );
-    result.blocks = clustered.map((u, l) => ({
-      layer: l,
+    const clustered = await runner.stage(stage, layers.map((l) => quantizeUnit(unitName(l), l)));
+    result.blocks = clustered.map((u, i) => ({
+      layer: layers[i],
       facts: u.info.facts,
       resumed: u.resumed,
     }));
     let t1 = performance.now();
     result.seconds.cluster = (t1 - t0) / 1000;
+    if (opts.stage === stage) return result;
 
     runner.enter("finetune", gpu);
     if (ft) {
@@ -165,6 +201,7 @@ export async function compress(
       t1 = t;
     }
 
+    if (opts.stage === "finetune") return result;
     runner.enter("export", gpu);
     const qc = planned.quantConfig();
     await writeCompressedModel(

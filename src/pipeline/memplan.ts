@@ -2,10 +2,12 @@
 // (BlockScratch, BackwardScratch, the student block, k-means' buffers, the eval batches), and
 // for generating text with the compressed model (codebook weights, KV cache, one prefill).
 import { HOST_MAX_WORK, kmeansGpuBytes } from "../cluster/kmeans.ts";
+import { statsBatch, statsBytes } from "../cluster/stats.ts";
 import { codebookGpuBytes } from "../io/pack.ts";
 import type { ModelConfig } from "../io/config.ts";
 import { linearNames } from "../io/config.ts";
 import { BackwardScratch } from "../model/backward.ts";
+import { stepWindows } from "../finetune/stage.ts";
 import { blockBytes, BlockScratch } from "../model/block.ts";
 import { Runner } from "../model/runner.ts";
 import { evalPlan } from "../model/model.ts";
@@ -26,6 +28,8 @@ export interface MemoryPlanSettings {
   maxBinding: number;
   finetune: boolean;
   extraTerm: boolean;
+  /** Calibration windows per finetuning step (FinetuneSettings.batch; default 1). */
+  finetuneBatch?: number;
   /**
    * Host-memory cap for finetuning's activation streams (FinetuneSettings.hostBudget): over it
    * they stream through files, one window at a time, and the host holds a few windows.
@@ -39,6 +43,11 @@ export interface MemoryPlanSettings {
    * Absent: no teacher / train rows.
    */
   train?: { seqlen: number; windows: number; topk: number; batch: number };
+  /**
+   * The stats stage (--weighting activations: "diag"; GPTQ: "full", the Gram matrices too) over
+   * the calibration windows. Absent: no stats row.
+   */
+  stats?: "diag" | "full";
 }
 
 export interface StagePlan {
@@ -56,7 +65,10 @@ export const gib = (b: number) => `${(b / 2 ** 30).toFixed(2)} GiB`;
 /** Bytes the runtime allocates for a buffer of `n` bytes (rounded up to 4, at least 16). */
 const buf = (n: number) => Math.max(16, Math.ceil(n / 4) * 4);
 
-/** The student block of finetuning for one window of T tokens (src/finetune/student.ts). */
+/**
+ * The student block of finetuning for steps of `windows` windows of T tokens
+ * (src/finetune/student.ts): every per-token buffer holds windows * T columns.
+ */
 export function studentGpuBytes(
   cfg: ModelConfig,
   T: number,
@@ -64,8 +76,9 @@ export function studentGpuBytes(
   n: number,
   splits: number,
   maxBinding: number,
+  windows = 1,
 ): number {
-  const H = cfg.hidden, I = cfg.intermediate;
+  const H = cfg.hidden, I = cfg.intermediate, N = windows * T;
   let bytes = 0;
   for (const lin of linearNames(0, cfg)) {
     const cols = Math.ceil(lin.out / d), items = lin.in * cols, entries = splits * n;
@@ -75,12 +88,12 @@ export function studentGpuBytes(
     const pieces = Math.ceil(items / 4096) + entries;
     bytes += buf((3 * pieces + entries + 1) * 4) + buf(items * 4) + buf(pieces * d * 4);
   }
-  const scratch = BlockScratch.bytes(cfg, 1, T, maxBinding);
-  const group = BlockScratch.split(cfg, T, T, maxBinding).headGroup;
-  const backward = BackwardScratch.shapes(cfg, T, group)
+  const scratch = BlockScratch.bytes(cfg, windows, T, maxBinding);
+  const group = BlockScratch.split(cfg, N, T, maxBinding).headGroup;
+  const backward = BackwardScratch.shapes(cfg, T, group, windows)
     .reduce((a, [, shape]) => a + buf(shape.reduce((x, y) => x * y, 1) * 4), 0);
-  const kept = 3 * buf(H * T * 4) + buf(I * T * 4);
-  const own = 2 * buf(H * T * 4) + buf(T * 4) + 2 * buf(H * 4) + 3 * buf(H * T * 4);
+  const kept = 3 * buf(H * N * 4) + buf(I * N * 4);
+  const own = 2 * buf(H * N * 4) + buf(N * 4) + 2 * buf(H * 4) + 3 * buf(H * N * 4);
   return bytes + scratch + backward + kept + own;
 }
 
@@ -182,6 +195,11 @@ export function planMemory(cfg: ModelConfig, s: MemoryPlanSettings): StagePlan[]
   const N = (biggest.in / s.splits) * Math.ceil(biggest.out / s.d);
   const plans: StagePlan[] = [];
   const disk = workDirBytes(cfg, s);
+  // The stats units (src/cluster/stats.ts) stay in the work directory for the whole run.
+  const statsDisk = s.stats ? cfg.layers * (statsBytes(cfg, s.stats === "full") + 8 * HEADER) : 0;
+  disk.cluster += statsDisk;
+  disk.finetunePeak += statsDisk;
+  disk.after += statsDisk;
   const stage = (name: string, gpu: number, host: number, note: string, diskBytes: number) =>
     plans.push({
       stage: name,
@@ -192,6 +210,25 @@ export function planMemory(cfg: ModelConfig, s: MemoryPlanSettings): StagePlan[]
       note,
     });
 
+  if (s.stats) {
+    // The full-precision block over a batch of windows, the accumulators; on the host every
+    // window's block input, and the embedding table, a matrix being uploaded or a batch packed
+    // and read back.
+    const T = s.calibSeqlen, full = s.stats === "full";
+    const B = statsBatch(cfg, s.calibSamples, T, s.maxBinding);
+    const acc = statsBytes(cfg, full);
+    const stream = s.calibSamples * H * T * f32, batch = B * H * T * f32;
+    const table = cfg.vocab * H * f32, biggestBytes = biggest.in * biggest.out * f32;
+    stage(
+      "stats",
+      weights + BlockScratch.bytes(cfg, B, T, s.maxBinding) + buf(batch) + acc,
+      stream + Math.max(table, biggestBytes, 2 * batch),
+      `${s.calibSamples} windows x ${T} tokens, ${B} per pass; ${
+        full ? "diagonals and Gram matrices" : "diagonals"
+      } of ${(acc / 2 ** 20).toFixed(1)} MiB per block`,
+      statsDisk,
+    );
+  }
   // Cluster: one matrix at a time; the host holds it, its vectors and codes. Matrices small
   // enough to assign on the host (kmeans backend "auto") take no GPU memory.
   const onHost = N * s.n * s.d <= HOST_MAX_WORK;
@@ -205,9 +242,11 @@ export function planMemory(cfg: ModelConfig, s: MemoryPlanSettings): StagePlan[]
   );
   if (s.finetune) {
     const T = s.calibSeqlen;
+    // Windows per step as the stage picks them (the held-out share aside).
+    const B = stepWindows(cfg, T, s.finetuneBatch ?? 1, s.calibSamples, s.maxBinding);
     const gpu = Math.max(
       teacherGpuBytes(cfg, T, s.maxBinding),
-      studentGpuBytes(cfg, T, s.d, s.n, s.splits, s.maxBinding),
+      studentGpuBytes(cfg, T, s.d, s.n, s.splits, s.maxBinding, B),
     );
     // Calibration activations on the host (src/finetune/stage.ts, counted by the host meter):
     // the block's student and teacher inputs, the teacher's outputs, the extra term's targets
@@ -222,7 +261,8 @@ export function planMemory(cfg: ModelConfig, s: MemoryPlanSettings): StagePlan[]
     // Under a cap the student and teacher streams go through files: the host holds the windows
     // of one step (input, target, the extra term's target) and one read back.
     const streamed = s.hostMemory !== undefined && 2 * stream > s.hostMemory;
-    const windowBytes = H * T * f32;
+    // A step's B windows.
+    const windowBytes = H * T * f32 * B;
     const host = streamed
       ? (3 + e) * windowBytes + Math.max(biggestBytes, table)
       : Math.max((4 + e) * stream, (2 + e) * stream + biggestBytes, stream + table);

@@ -11,9 +11,11 @@ export interface CompressSettings {
   model: string;
   out: string;
   work: string;
-  method: "cluscomp" | "rtn";
+  method: "cluscomp" | "rtn" | "gptq";
   cluster: ClusterSettings;
   rtn: { bits: number; group: number };
+  /** --method gptq: bits, group, act-order, damping. */
+  gptq?: { bits: number; group: number; actOrder: boolean; damp: number };
   eval?: { text: string; seqlen: number; maxWindows?: number };
   /** Absent: no finetuning. */
   finetune?: {
@@ -23,6 +25,11 @@ export interface CompressSettings {
     holdout: number;
     train: FinetuneSettings;
   };
+  /**
+   * Calibration text and windows of the stats stage (--weighting activations, --method gptq);
+   * absent: those of `finetune`, when given. The windows are finetuning's (src/finetune/calib.ts).
+   */
+  calib?: { file: string; samples: number; seqlen: number; holdout: number; seed: number };
   /**
    * Whole-model distillation from the original model after block-wise finetuning (the
    * compressed folder's codebooks train on the teacher's top-k distribution). Absent: none.

@@ -1,0 +1,11 @@
+import { compress } from "../../src/pipeline/compress.ts";
+import { Progress } from "../../src/util/progress.ts";
+import { KJV, quickSettings } from "../../tests/settings.ts";
+import { sha256Hex } from "./hash.ts";
+const dir = await Deno.makeTempDir({ prefix: "h2-golden-" });
+const s = quickSettings(KJV, dir, { bits: 2, d: 2 }, { finetune: true });
+const r = await compress(s, new Progress(true));
+const files = [...Deno.readDirSync(s.out)].map((e) => e.name).filter((n) => n.endsWith(".safetensors")).sort();
+for (const f of files) console.log(f, await sha256Hex(await Deno.readFile(`${s.out}/${f}`)));
+console.log(JSON.stringify(r.finetune!.blocks.map(({ seconds: _, ...b }) => b)));
+await Deno.remove(dir, { recursive: true });

@@ -1,0 +1,11 @@
+import { getGpu } from "../../src/gpu/device.ts";
+import { benchFinetuneStep } from "../../src/bench/finetune.ts";
+const gpu = await getGpu();
+const B = Number(Deno.args[0] ?? 1);
+const r = await benchFinetuneStep(gpu, "/work/shared/fixtures/tinyllama-6.8m", 128, 10, B, Deno.args[1] === "peer");
+console.log(JSON.stringify(r));
+const rows = [...gpu.kernelMs].sort((a, b) => b[1].ms - a[1].ms);
+let tot = 0;
+for (const [, v] of rows) tot += v.ms;
+for (const [k, v] of rows) console.log(k.padEnd(40), v.ms.toFixed(1), v.count);
+console.log("total", tot.toFixed(1));
