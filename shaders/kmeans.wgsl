@@ -28,7 +28,7 @@
 
 const D: u32 = ${D}u;
 const WG: u32 = ${WG}u;
-const BIG: f32 = 3.40282347e38;
+const BIG: f32 = 3.40282346e38; // f32 max; Tint rejects 3.40282347e38 (past f32 max)
 const OWN: u32 = 0x80000000u;
 // Rounding guards for bounds made from f32 distances: the squared distance of D <= 16 terms has
 // relative error below (D + 3) * 2^-24 < 1.2e-6, its sqrt half that; REL covers it three times

@@ -17,7 +17,7 @@
 const D: u32 = ${D}u;
 const P: u32 = ${P}u;
 const WG: u32 = ${WG}u;
-const BIG: f32 = 3.40282347e38;
+const BIG: f32 = 3.40282346e38; // f32 max; Tint rejects 3.40282347e38 (past f32 max)
 
 struct Params {
   tiles: u32,  // tiles in this dispatch

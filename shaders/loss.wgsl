@@ -7,7 +7,7 @@
 // other target >= V writes NaN. Rows beyond 65,535 use a 2-D grid (row = x + y * stride).
 
 const WG: u32 = 256u;
-const LOWEST: f32 = -3.4028235e38;
+const LOWEST: f32 = -3.40282346e38; // f32 max; Tint rejects the longer -3.4028235e38
 const NO_TARGET: u32 = 0xFFFFFFFFu;
 
 struct Params {

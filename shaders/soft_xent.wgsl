@@ -12,7 +12,7 @@
 // kept under Mesa's 65,535 by the host (V <= 256 * 32,000, k <= 1,000).
 
 const WG: u32 = 256u;
-const LOWEST: f32 = -3.4028235e38;
+const LOWEST: f32 = -3.40282346e38; // f32 max; Tint rejects the longer -3.4028235e38
 const NO_TARGET: u32 = 0xFFFFFFFFu;
 
 struct Params {

@@ -9,7 +9,7 @@
 // with their gradient (a [T, V] buffer saved); xent_backward writes to dlogits.
 
 const WG: u32 = 256u;
-const LOWEST: f32 = -3.4028235e38;
+const LOWEST: f32 = -3.40282346e38; // f32 max; Tint rejects the longer -3.4028235e38
 const NO_TARGET: u32 = 0xFFFFFFFFu;
 
 struct Params {

@@ -35,6 +35,7 @@ Usage: deno task plan --config CONFIG.json --gpu-memory 48GB [options]
   --splits S             codebooks per matrix (default 1)
   --calib-samples S      calibration windows (default 128)
   --calib-seqlen L       calibration window length (default 2048)
+  --finetune-batch B     compress --finetune-batch: windows per finetuning step (default 1)
   --eval-seqlen N        evaluation window length (default 2048)
   --eval-tokens K        evaluation text length in tokens (default 341469, WikiText-2 test)
   --max-binding SIZE     the GPU's maxStorageBufferBindingSize (default 2GiB; llvmpipe: 128MiB)
@@ -84,6 +85,7 @@ export async function planMain(argv: string[]): Promise<number> {
     n: { type: "string" },
     splits: { type: "string" },
     "calib-samples": { type: "string" },
+    "finetune-batch": { type: "string" },
     "calib-seqlen": { type: "string" },
     "eval-seqlen": { type: "string" },
     "eval-tokens": { type: "string" },
@@ -123,6 +125,7 @@ export async function planMain(argv: string[]): Promise<number> {
     splits: intFlag(cmd, values.splits, "splits", 1, 1),
     calibSamples: intFlag(cmd, values["calib-samples"], "calib-samples", 1, 128),
     calibSeqlen: intFlag(cmd, values["calib-seqlen"], "calib-seqlen", 2, 2048),
+    finetuneBatch: intFlag(cmd, values["finetune-batch"], "finetune-batch", 1, 1),
     evalSeqlen: intFlag(cmd, values["eval-seqlen"], "eval-seqlen", 2, 2048),
     evalTokens: intFlag(cmd, values["eval-tokens"], "eval-tokens", 2, 341469),
   };

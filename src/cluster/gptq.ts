@@ -15,9 +15,10 @@
 // Cost. The GPU matmuls sum to out * in^2 multiply-adds per matrix (Llama-2-70B down_proj,
 // 8192 x 28672: 6.7e12). The host block loop is out * in * 64 (1.5e10 there, ~15 s in plain
 // JS). The Hessian factorization (hessianFactor) is host float64, about (4/3) in^3 flops and
-// 8 in^2 bytes once per block input (shared by q/k/v and by gate/up): in = 8192 is 7.3e11 flops
-// (~10 minutes at ~1 GFLOP/s of plain JS) and 0.5 GiB; in = 28672 is 3.1e13 flops (~5-9 hours)
-// and 6.6 GiB. Fine for the fixtures and small models; at 70B it wants a GPU or LAPACK Cholesky.
+// 8 in^2 bytes once per block input (shared by q/k/v and by gate/up), measured at 0.6-1 GFLOP/s
+// here (in = 1024: 1.4 s, 2048: 19 s): in = 8192 is 7.3e11 flops (~12-20 minutes) and 0.5 GiB;
+// in = 28672 is 3.1e13 flops (~9-14 hours) and 6.6 GiB, per block. Fine for the fixtures and
+// small models; at 70B (80 blocks) it wants a GPU or LAPACK Cholesky.
 import { UserError } from "../errors.ts";
 import type { Gpu } from "../gpu/device.ts";
 import { matmul } from "../kernels/matmul.ts";

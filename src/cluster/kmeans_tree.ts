@@ -252,8 +252,9 @@ export class TreeAssigner {
   private slot = new Int32Array(0);
   /** [tiles, 2, d]: each tile's bounding box. */
   private tbox = new Float64Array(0);
-  private x: Float32Array = new Float32Array(0);
-  /** The last pass's codes (point order). */
+  /** [tiles * TP, d]: the points by slot (zeros for padding), as on the GPU. */
+  private xs = new Float32Array(0);
+  /** [tiles * TP]: the last pass's codes by slot; null before the first pass. */
   private last: Uint32Array | null = null;
 
   constructor(
@@ -295,7 +296,6 @@ export class TreeAssigner {
   /** Cuts the points into tiles and uploads them by slot. */
   async upload(x: Float32Array): Promise<void> {
     const { N, d, TP, tiles } = this;
-    this.x = x;
     // Tiles of TP / SUB cells of at most SUB points each (N <= tiles * TP), cell c of tile t
     // at slots t TP + c SUB ..: the first pass's guesses go by cell.
     const cells = TP / SUB;
@@ -308,13 +308,13 @@ export class TreeAssigner {
     for (let t = 0; t < tiles; t++) {
       boundBox(x, d, ids, start[t * cells], start[(t + 1) * cells], this.tbox, t * 2 * d);
     }
+    this.xs = new Float32Array(tiles * TP * d);
+    for (let s = 0; s < tiles * TP; s++) {
+      const i = this.slot[s];
+      if (i >= 0) this.xs.set(x.subarray(i * d, i * d + d), s * d);
+    }
     for (const c of this.chunks) {
-      const xs = new Float32Array(c.tiles * TP * d);
-      for (let s = 0; s < c.tiles * TP; s++) {
-        const i = this.slot[c.t0 * TP + s];
-        if (i >= 0) xs.set(x.subarray(i * d, i * d + d), s * d);
-      }
-      await this.gpu.write(c.x, xs);
+      await this.gpu.write(c.x, this.xs.subarray(c.t0 * TP * d, (c.t0 + c.tiles) * TP * d));
     }
   }
 
@@ -325,15 +325,14 @@ export class TreeAssigner {
 
   /** Each tile's U^2 = max |x - c_g|^2 over its points, g the last pass's code: tiles [t0, t1). */
   private bounds(cents: Float32Array, t0: number, t1: number, stat: PassStats): Float64Array {
-    const { d, TP, x, slot } = this;
+    const { d, TP, xs, slot } = this;
     const last = this.last!;
     const u2 = new Float64Array(t1 - t0);
     for (let t = t0; t < t1; t++) {
       let m = 0;
       for (let s = t * TP; s < (t + 1) * TP; s++) {
-        const i = slot[s];
-        if (i < 0) continue;
-        const e = dist2(x, i * d, cents, last[i] * d, d);
+        if (slot[s] < 0) continue;
+        const e = dist2(xs, s * d, cents, last[s] * d, d);
         if (e > m) m = e;
       }
       stat.evals += TP;
@@ -348,7 +347,7 @@ export class TreeAssigner {
    * each point's nearest among them becomes its g.
    */
   private async guess(tree: CentroidTree, stat: PassStats): Promise<void> {
-    const { d, TP, tiles, x, slot } = this;
+    const { d, TP, tiles, xs, slot } = this;
     const centre = new Float32Array(d);
     const leaves: number[] = [];
     let list = new Uint32Array(tiles * (TP / SUB) * 2 * LEAF);
@@ -360,9 +359,8 @@ export class TreeAssigner {
         centre.fill(0);
         let count = 0;
         for (let s = s0; s < s0 + SUB; s++) {
-          const i = slot[s];
-          if (i < 0) continue;
-          for (let k = 0; k < d; k++) centre[k] += x[i * d + k];
+          if (slot[s] < 0) continue;
+          for (let k = 0; k < d; k++) centre[k] += xs[s * d + k];
           count++;
         }
         if (count === 0) continue;
@@ -386,13 +384,12 @@ export class TreeAssigner {
       off[t + 1] = used;
     }
     list = list.subarray(0, used);
-    const codes = new Uint32Array(this.N);
+    this.last = new Uint32Array(tiles * TP);
     for (const c of this.chunks) {
       const rel = Uint32Array.from(off.subarray(c.t0, c.t0 + c.tiles + 1), (v) => v - off[c.t0]);
       await this.scan(c, 0, list.subarray(off[c.t0], off[c.t0 + c.tiles]), rel, stat);
-      await this.gather(c, codes);
+      await this.gather(c, null);
     }
-    this.last = codes;
   }
 
   /**
@@ -433,10 +430,12 @@ export class TreeAssigner {
     }
   }
 
-  /** Reads chunk c's codes into `codes` (point order). */
-  private async gather(c: TileChunk, codes: Uint32Array): Promise<void> {
+  /** Reads chunk c's codes into the slot-ordered `last` and, when given, `codes` (point order). */
+  private async gather(c: TileChunk, codes: Uint32Array | null): Promise<void> {
     const { TP } = this;
     const got = new Uint32Array(await this.gpu.read(c.code, 0, c.tiles * TP * 4));
+    this.last!.set(got, c.t0 * TP);
+    if (!codes) return;
     for (let s = 0; s < c.tiles * TP; s++) {
       const i = this.slot[c.t0 * TP + s];
       if (i >= 0) codes[i] = got[s];
@@ -537,10 +536,9 @@ export class TreeAssigner {
       }
       await this.gather(c, codes);
     }
-    this.last = codes;
     this.evals += stat.evals;
     this.stats.push(stat);
-    return codes.slice();
+    return codes;
   }
 
   /** Nothing pending: every pass's counts are known on the host. */

@@ -9,7 +9,12 @@ import type { Gpu } from "../gpu/device.ts";
 import { Tensor } from "../gpu/tensor.ts";
 import { type LinearKind, type ModelConfig, ropeInvFreq } from "../io/config.ts";
 import { decodeSafetensors, encodeSafetensors } from "../io/safetensors.ts";
-import { accumulateDiag, accumulateGram, gramRowsPerBuffer } from "../kernels/gram.ts";
+import {
+  accumulateDiag,
+  accumulateGram,
+  accumulateGramTiled,
+  gramRowsPerBuffer,
+} from "../kernels/gram.ts";
 import { ropeTables } from "../kernels/rope.ts";
 import {
   BlockScratch,
@@ -132,10 +137,25 @@ class Accumulator {
     }
   }
 
+  /** Token-major scratch for the tiled Gram (grown to the largest tap). */
+  private scratch: Tensor | null = null;
+
   readonly tap: BlockTap = (input, x, rows, ld, col0, cols) => {
     const a = { x: { buffer: x }, F: rows, T: cols, ld, col0 };
     accumulateDiag(this.gpu, a, this.diag[input].all);
-    for (const g of this.gram[input] ?? []) accumulateGram(this.gpu, a, g.t.all, g.r0, g.rows);
+    const parts = this.gram[input];
+    if (!parts) return;
+    if (rows * ld * 4 > this.gpu.limits.maxBinding) {
+      // Past one binding the naive kernel, which reads x in place.
+      for (const g of parts) accumulateGram(this.gpu, a, g.t.all, g.r0, g.rows);
+      return;
+    }
+    if (!this.scratch || this.scratch.size < rows * ld) {
+      this.scratch?.release();
+      this.scratch = Tensor.empty(this.gpu, [rows * ld], "stats.scratch");
+    }
+    const acc = parts.map((g) => ({ acc: g.t.all, r0: g.r0, rows: g.rows }));
+    accumulateGramTiled(this.gpu, a, this.scratch.all, acc);
   };
 
   async read(): Promise<BlockStats> {
@@ -155,6 +175,8 @@ class Accumulator {
   }
 
   release(): void {
+    this.scratch?.release();
+    this.scratch = null;
     for (const name of INPUT_NAMES) {
       this.diag[name].release();
       for (const g of this.gram[name] ?? []) g.t.release();

@@ -61,6 +61,7 @@ export class BackwardScratch {
       ["dq", [qd, T]],
       ["dk", [kvd, T]],
       ["dv", [T, kvd]],
+      ["dvT", [kvd, T]],
       ["vT", [kvd, T]],
       ["tokA", [T, widest]],
       ["tokB", [T, widest]],
@@ -217,10 +218,11 @@ export function backwardBlock(
         dOTok: g.doTok.buffer,
         dq: g.dq.buffer,
         dk: g.dk.buffer,
-        dv: g.dv.buffer,
+        dvT: g.dvT.buffer,
       });
     }
   }
+  transpose(gpu, g.dvT.all, g.dv.all, kvd, T);
   ropeBackward(gpu, g.dq.all, s.cos.all, s.sin.all, cfg.heads, hd, T);
   ropeBackward(gpu, g.dk.all, s.cos.all, s.sin.all, cfg.kvHeads, hd, T);
   // q, k, v projections of h1.
@@ -233,10 +235,9 @@ export function backwardBlock(
 
   if (opt.dx) {
     // dh1 = Wq' dq + Wk' dk + Wv' dv, then dx = dx2 + rmsnorm'(x) dh1.
-    transpose(gpu, g.dv.all, g.vT.all, T, kvd);
     back("q", g.dq, g.dh);
     back("k", g.dk, g.dh, true);
-    back("v", g.vT, g.dh, true);
+    back("v", g.dvT, g.dh, true);
     gpu.copy(g.dx2.buffer, 0, opt.dx.buffer, 0, H * T * 4);
     rmsnormBackward(
       gpu,
@@ -267,18 +268,18 @@ interface AttentionGrads {
   /** [hs, L, L] scratch for P^T (then dS) and dP^T (then dS^T). */
   sc: GPUBuffer;
   p2: GPUBuffer;
-  /** Feature-major [qd | kvd, T]: q, k (kept), V^T, dO^T; written: dQ^T, dK^T. */
+  /** Feature-major [qd | kvd, T]: q, k (kept), V^T, dO^T; written: dQ^T, dK^T, dV^T. */
   q: GPUBuffer;
   k: GPUBuffer;
   vT: GPUBuffer;
   dO: GPUBuffer;
   dq: GPUBuffer;
   dk: GPUBuffer;
-  /** Token-major [T, qd | kvd]: q, k, dO; written: dV. */
+  dvT: GPUBuffer;
+  /** Token-major [T, qd | kvd]: q, k, dO. */
   qTok: GPUBuffer;
   kTok: GPUBuffer;
   dOTok: GPUBuffer;
-  dv: GPUBuffer;
 }
 
 /** The attention core's gradients for one head group of one window. */
@@ -309,23 +310,29 @@ function attentionBackward(gpu: Gpu, cfg: ModelConfig, a: AttentionGrads): void 
     cBatchStride: L * L,
   });
   causalSoftmax(gpu, scRange, hs, L, a.scale);
-  // dV[j, kv(h)] (+)= sum_i P[i, j] dO[i, h], with P = transpose of P^T.
+  // dV^T[kv(h), d, j] (+)= sum_i dO[i, h, d] P[i, j], with P = transpose of P^T: the r-th
+  // heads of every GQA group as one batch over kv heads (the group's first writes, the rest
+  // add), or head by head when the head group splits a GQA group.
   transpose(gpu, scRange, range, L, L, hs);
-  for (let h = h0; h < h0 + hs; h++) {
+  for (const [h, kvs] of gqaPasses(h0, hs, group)) {
     matmul(gpu, {
-      M: L,
-      N: hd,
+      M: hd,
+      N: L,
       K: L,
-      a: p2,
-      aOffset: (h - h0) * L * L,
-      lda: L,
-      b: a.dOTok,
-      bOffset: c0 * qd + h * hd,
-      ldb: qd,
-      c: a.dv,
-      cOffset: c0 * kvd + Math.floor(h / group) * hd,
-      ldc: kvd,
+      a: a.dOTok,
+      aOffset: c0 * qd + h * hd,
+      lda: qd,
+      b: p2,
+      bOffset: (h - h0) * L * L,
+      ldb: L,
+      c: a.dvT,
+      cOffset: Math.floor(h / group) * hd * T + c0,
+      ldc: T,
       accumulate: h % group !== 0,
+      batch: kvs,
+      aBatchStride: group * hd,
+      bBatchStride: group * L * L,
+      cBatchStride: hd * T,
     });
   }
   // dP^T [hs, j, i] = sum_d V[j, d] dO^T[d, i], then dS^T in place.
@@ -369,7 +376,7 @@ function attentionBackward(gpu: Gpu, cfg: ModelConfig, a: AttentionGrads): void 
   });
   // dK^T[kv] (+)= sum_i Q[i, d] dS[i, j], with dS = transpose of dS^T.
   transpose(gpu, range, scRange, L, L, hs);
-  for (let h = h0; h < h0 + hs; h++) {
+  for (const [h, kvs] of gqaPasses(h0, hs, group)) {
     matmul(gpu, {
       M: hd,
       N: L,
@@ -384,6 +391,22 @@ function attentionBackward(gpu: Gpu, cfg: ModelConfig, a: AttentionGrads): void 
       cOffset: Math.floor(h / group) * hd * T + c0,
       ldc: T,
       accumulate: h % group !== 0,
+      batch: kvs,
+      aBatchStride: group * hd,
+      bBatchStride: group * L * L,
+      cBatchStride: hd * T,
     });
   }
+}
+
+/**
+ * The passes summing heads h0 .. h0 + hs - 1 into their kv heads: [first head, kv heads]. When
+ * the range holds whole GQA groups, pass r takes head r of each group (kv heads at a stride of
+ * `group` heads); otherwise one head a pass. Either way every kv head sums its heads in order.
+ */
+function gqaPasses(h0: number, hs: number, group: number): [number, number][] {
+  if (h0 % group === 0 && hs % group === 0) {
+    return Array.from({ length: group }, (_, r) => [h0 + r, hs / group]);
+  }
+  return Array.from({ length: hs }, (_, i) => [h0 + i, 1]);
 }

@@ -2,7 +2,7 @@
 // (BlockScratch, BackwardScratch, the student block, k-means' buffers, the eval batches), and
 // for generating text with the compressed model (codebook weights, KV cache, one prefill).
 import { HOST_MAX_WORK, kmeansGpuBytes } from "../cluster/kmeans.ts";
-import { statsBatch, statsBytes } from "../cluster/stats.ts";
+import { inputDims, statsBatch, statsBytes } from "../cluster/stats.ts";
 import { codebookGpuBytes } from "../io/pack.ts";
 import type { ModelConfig } from "../io/config.ts";
 import { linearNames } from "../io/config.ts";
@@ -219,9 +219,12 @@ export function planMemory(cfg: ModelConfig, s: MemoryPlanSettings): StagePlan[]
     const acc = statsBytes(cfg, full);
     const stream = s.calibSamples * H * T * f32, batch = B * H * T * f32;
     const table = cfg.vocab * H * f32, biggestBytes = biggest.in * biggest.out * f32;
+    // The tiled Gram's token-major copy of the widest input (when it fits one binding).
+    const wide = Math.max(...Object.values(inputDims(cfg))) * B * T * f32;
+    const gramScratch = full && wide <= s.maxBinding ? buf(wide) : 0;
     stage(
       "stats",
-      weights + BlockScratch.bytes(cfg, B, T, s.maxBinding) + buf(batch) + acc,
+      weights + BlockScratch.bytes(cfg, B, T, s.maxBinding) + buf(batch) + acc + gramScratch,
       stream + Math.max(table, biggestBytes, 2 * batch),
       `${s.calibSamples} windows x ${T} tokens, ${B} per pass; ${
         full ? "diagonals and Gram matrices" : "diagonals"

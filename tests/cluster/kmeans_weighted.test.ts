@@ -237,6 +237,8 @@ Deno.test({
     assert.ok(fast.distanceEvals < slow.distanceEvals);
     const host = await kmeans(gpu, x, N, d, n, { ...opts, backend: "host" });
     assertSameRun(host, slow, "weighted q_proj, host");
+    const tree = await kmeans(gpu, x, N, d, n, { ...opts, backend: "gpu", pruning: "tree" });
+    assertSameRun(tree, slow, "weighted q_proj, k-d tree");
     // Lloyd with weighted means never raises the weighted objective (up to f32 rounding).
     for (let i = 1; i < objs.length; i++) {
       assert.ok(objs[i] <= objs[i - 1] * (1 + 1e-6), `iteration ${i}: ${objs[i]} > ${objs[i - 1]}`);

@@ -6,7 +6,12 @@ import { openModel } from "../../src/format/open.ts";
 import { getGpu } from "../../src/gpu/device.ts";
 import { Tensor } from "../../src/gpu/tensor.ts";
 import { ropeInvFreq } from "../../src/io/config.ts";
-import { accumulateDiag, accumulateGram, GRAM_MAX_T } from "../../src/kernels/gram.ts";
+import {
+  accumulateDiag,
+  accumulateGram,
+  accumulateGramTiled,
+  GRAM_MAX_T,
+} from "../../src/kernels/gram.ts";
 import { ropeTables } from "../../src/kernels/rope.ts";
 import { linearOf, LINEARS } from "../../src/model/weights.ts";
 import { blockRef, type BlockRefWeights } from "../reference/block.ts";
@@ -40,6 +45,26 @@ Deno.test("diag and Gram kernels match the reference (offset columns, row block,
   wantG = gramRef(wantG, x2, F, 17, ld, 0, r0, rows);
   assertClose(gotD, wantD, 1e-5, 1e-6, "diag");
   assertClose(gotG, wantG, 1e-5, 1e-6, "gram");
+});
+
+Deno.test("the tiled Gram (transpose + matmul) matches the reference in two row blocks", async () => {
+  const gpu = await getGpu();
+  const F = 45, ld = 300, T = 250, col0 = 7;
+  const x = randomF32(F * ld, 11, -2, 2);
+  const g0 = randomF32(F * F, 12);
+  const tx = await Tensor.from(gpu, x, [F, ld], "x");
+  const scratch = Tensor.empty(gpu, [F * ld], "scratch");
+  const top = await Tensor.from(gpu, g0.slice(0, 20 * F), [20, F], "gram.top");
+  const bottom = await Tensor.from(gpu, g0.slice(20 * F), [F - 20, F], "gram.bottom");
+  accumulateGramTiled(gpu, { x: tx.all, F, T, ld, col0 }, scratch.all, [
+    { acc: top.all, r0: 0, rows: 20 },
+    { acc: bottom.all, r0: 20, rows: F - 20 },
+  ]);
+  const got = new Float32Array(F * F);
+  got.set(await top.toF32(), 0);
+  got.set(await bottom.toF32(), 20 * F);
+  for (const t of [tx, scratch, top, bottom]) t.release();
+  assertClose(got, gramRef(g0, x, F, T, ld, col0, 0, F), 1e-5, 1e-5, "tiled gram");
 });
 
 Deno.test("diag and Gram kernels reach the last token past one dispatch's token count", async () => {

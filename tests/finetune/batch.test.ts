@@ -90,12 +90,12 @@ Deno.test("kjv-llama: one window per step writes the bytes it wrote before batch
   try {
     const gpu = await getGpu();
     const r = await compress(settings(dir), new Quiet());
-    assert.deepEqual(r.finetune!.blocks[0].epochMse, GOLDEN_MSE0);
     assert.equal(r.finetune!.blocks[0].steps, 2 * 14);
     if (!gpu.adapterName.includes("llvmpipe")) {
-      console.log(`golden hashes are llvmpipe's; ${gpu.adapterName}: compared the losses only`);
+      console.log(`golden bytes are llvmpipe's; ${gpu.adapterName}: not compared`);
       return;
     }
+    assert.deepEqual(r.finetune!.blocks[0].epochMse, GOLDEN_MSE0);
     for (const [name, hash] of Object.entries(GOLDEN)) {
       assert.equal(await sha256(`${dir}/out/${name}`), hash, `${name} changed`);
     }
@@ -116,7 +116,7 @@ Deno.test("kjv-llama: four windows per step train, resume to the same bytes, fit
       assert.equal(b.tokens, 2 * 4 * 4 * 64);
       assert.ok(b.bestMse < b.initialMse, `block ${b.layer}: ${b.bestMse} >= ${b.initialMse}`);
     }
-    // Different arithmetic from one window per step.
+    // Fewer, averaged steps: not the arithmetic of one window per step.
     assert.notDeepEqual(r0.finetune!.blocks[0].epochMse, GOLDEN_MSE0);
 
     // Stopped after block 1, the rerun resumes there and ends with the same bytes.

@@ -4,6 +4,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { openModel } from "../../src/format/open.ts";
+import { type BlockStats, INPUT_NAMES, inputDims } from "../../src/cluster/stats.ts";
 import { getGpu } from "../../src/gpu/device.ts";
 import { linearNames } from "../../src/io/config.ts";
 import { methods } from "../../src/method/mod.ts";
@@ -14,7 +15,19 @@ Deno.test("every registered method describes itself and the blocks it quantizes"
   const m = await openModel(KJV);
   try {
     const gpu = await getGpu();
+    // Identity statistics: every method that needs them (GPTQ) gets a well-posed Hessian.
+    const dims = inputDims(m.cfg);
+    const eye = (n: number) => Float32Array.from({ length: n * n }, (_, i) => i % (n + 1) ? 0 : 1);
+    const each = (f: (n: number) => Float32Array) =>
+      Object.fromEntries(INPUT_NAMES.map((k) => [k, f(dims[k])])) as BlockStats["diag"];
+    const stats = () =>
+      Promise.resolve({
+        tokens: 1,
+        diag: each((n) => new Float32Array(n).fill(1)),
+        gram: each(eye),
+      });
     const settings = {
+      stats,
       work: join(dir, "work"),
       cluster: clusterSettings({ d: 4, n: 16 }),
       rtn: { bits: 4, group: 32 },

@@ -1,7 +1,8 @@
 // Dense block backward over B windows side by side ([features, B * T] columns, attention within
 // each window, positions restarting in every window) against central differences of the
 // TypeScript block reference applied window by window: weights, input and norm weights. Run with
-// the adapter's binding limit and with a small one that splits the heads into groups.
+// the adapter's binding limit, with a small one that splits the heads into groups, and with the
+// linears one window a dispatch (BlockScratch.linearCols).
 import { getGpu, type Gpu } from "../../src/gpu/device.ts";
 import { Tensor } from "../../src/gpu/tensor.ts";
 import {
@@ -45,7 +46,12 @@ function windowOf(x: Float32Array, rows: number, w: number): Float32Array {
   return out;
 }
 
-async function check(gpu: Gpu, label: string, wantGroup: (g: number) => boolean) {
+async function check(
+  gpu: Gpu,
+  label: string,
+  wantGroup: (g: number) => boolean,
+  linearCols?: number,
+) {
   const ref: BlockRefWeights = {
     hidden: H,
     intermediate: cfg.intermediate,
@@ -76,7 +82,7 @@ async function check(gpu: Gpu, label: string, wantGroup: (g: number) => boolean)
     inputNorm: await Tensor.from(gpu, ref.inputNorm, [H], "in"),
     postNorm: await Tensor.from(gpu, ref.postNorm, [H], "post"),
   };
-  const s = await BlockScratch.create(gpu, cfg, B, T, rope);
+  const s = await BlockScratch.create(gpu, cfg, B, T, rope, { linearCols });
   if (!wantGroup(s.headGroup)) throw new Error(`${label}: head group ${s.headGroup}`);
   const e = (shape: number[]) => Tensor.empty(gpu, shape, "t");
   const keep = { xIn: e([H, N]), h1: e([H, N]), x2: e([H, N]), g: e([cfg.intermediate, N]) };
@@ -152,6 +158,8 @@ Deno.test("block backward over 3 windows side by side matches finite differences
   // [qDim, N] floats per binding: scores of 4 heads, then 2 (the MLP still in one chunk).
   const qDim = cfg.heads * cfg.headDim;
   await check(withMaxBinding(gpu, qDim * N * 4), "head groups of 4", (g) => g === 4);
+  // Dense linears one window (T columns) a dispatch, as finetuning runs them.
+  await check(gpu, "linears per window", (g) => g === cfg.heads, T);
 });
 
 Deno.test("backwardBlock refuses scratches for different windows", async () => {
