@@ -2,6 +2,7 @@
 // (BlockScratch, BackwardScratch, the student block, k-means' buffers, the eval batches), and
 // for generating text with the compressed model (codebook weights, KV cache, one prefill).
 import { HOST_MAX_WORK, kmeansGpuBytes } from "../cluster/kmeans.ts";
+import { concurrentMatrices } from "../cluster/stage.ts";
 import { inputDims, statsBatch, statsBytes } from "../cluster/stats.ts";
 import { codebookGpuBytes } from "../io/pack.ts";
 import type { ModelConfig } from "../io/config.ts";
@@ -232,15 +233,30 @@ export function planMemory(cfg: ModelConfig, s: MemoryPlanSettings): StagePlan[]
       statsDisk,
     );
   }
-  // Cluster: one matrix at a time; the host holds it, its vectors and codes. Matrices small
-  // enough to assign on the host (kmeans backend "auto") take no GPU memory.
+  // Cluster: one matrix at a time, or a block's matrices at once when they are small and all on
+  // the GPU (concurrentMatrices); the host holds each running matrix, its vectors and codes.
+  // Matrices small enough to assign on the host (kmeans backend "auto") take no GPU memory.
   const onHost = N * s.n * s.d <= HOST_MAX_WORK;
+  const shapes = lins.map((l) => ({
+    vectors: (l.in / s.splits) * Math.ceil(l.out / s.d),
+    d: s.d,
+    n: s.n,
+    host: l.in * l.out * f32 * 3 + (l.in / s.splits) * Math.ceil(l.out / s.d) * 4 * 2,
+  }));
+  const together = concurrentMatrices(shapes, s.maxBinding);
+  const sum = (f: (m: typeof shapes[number]) => number) => shapes.reduce((a, m) => a + f(m), 0);
   stage(
     "cluster",
-    onHost ? 0 : kmeansGpuBytes(N, s.d, s.n, s.maxBinding),
-    biggest.in * biggest.out * f32 * 3 + N * 4 * 2,
-    `largest matrix ${biggest.kind} [${biggest.out}x${biggest.in}]: ${N} vectors, d=${s.d}, ` +
-      `n=${s.n}${onHost ? " (assigned on the host)" : ""}`,
+    together
+      ? sum((m) => kmeansGpuBytes(m.vectors, s.d, s.n, s.maxBinding))
+      : onHost
+      ? 0
+      : kmeansGpuBytes(N, s.d, s.n, s.maxBinding),
+    together ? sum((m) => m.host) : biggest.in * biggest.out * f32 * 3 + N * 4 * 2,
+    together
+      ? `a block's ${lins.length} matrices at once (d=${s.d}, n=${s.n})`
+      : `largest matrix ${biggest.kind} [${biggest.out}x${biggest.in}]: ${N} vectors, ` +
+        `d=${s.d}, n=${s.n}${onHost ? " (assigned on the host)" : ""}`,
     disk.cluster,
   );
   if (s.finetune) {
