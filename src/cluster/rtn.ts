@@ -2,6 +2,7 @@
 // (groups of G consecutive input channels of one output row), fp16 scale and b-bit zero point.
 // It is O(weights), the cost of reading them, so it runs on the host.
 import { UserError } from "../errors.ts";
+import { f32ToF16Bytes } from "../io/safetensors.ts";
 
 export interface RtnResult {
   /** [out, in] quantized values in [0, 2^bits). */
@@ -74,4 +75,20 @@ export function rtnDequantize(
     }
   }
   return w;
+}
+
+/** The stored tensors of one quantized [out, in] linear (RTN's format, which GPTQ shares). */
+export function rtnTensors(
+  name: string,
+  r: RtnResult,
+  out: number,
+  inDim: number,
+  group: number,
+): { name: string; dtype: "U8" | "F16"; shape: number[]; data: Uint8Array }[] {
+  const groups = Math.ceil(inDim / group);
+  return [
+    { name: `${name}.qweight`, dtype: "U8", shape: [out, inDim], data: r.q },
+    { name: `${name}.scales`, dtype: "F16", shape: [out, groups], data: f32ToF16Bytes(r.scales) },
+    { name: `${name}.zeros`, dtype: "U8", shape: [out, groups], data: r.zeros },
+  ];
 }

@@ -7,7 +7,7 @@ import type { TensorBytes } from "../format/compressed.ts";
 import type { WeightSource } from "../model/weights.ts";
 import { HOST_MAX_WORK, kmeans, kmeansGpuBytes } from "./kmeans.ts";
 import type { ClusterSettings, MatrixPlan } from "./plan.ts";
-import { rtnQuantize } from "./rtn.ts";
+import { rtnQuantize, rtnTensors } from "./rtn.ts";
 import { type BlockStats, inputOf, vectorWeights } from "./stats.ts";
 import { vectorizeT } from "./vectorize.ts";
 
@@ -166,14 +166,7 @@ export async function rtnBlock(
       }
     }
     const name = lin.name.replace(/\.weight$/, "");
-    tensors.push({ name: `${name}.qweight`, dtype: "U8", shape: [lin.out, lin.in], data: r.q });
-    tensors.push({
-      name: `${name}.scales`,
-      dtype: "F16",
-      shape: [lin.out, groups],
-      data: f32ToF16Bytes(r.scales),
-    });
-    tensors.push({ name: `${name}.zeros`, dtype: "U8", shape: [lin.out, groups], data: r.zeros });
+    tensors.push(...rtnTensors(name, r, lin.out, lin.in, group));
     facts.push({
       kind: lin.kind,
       objective,

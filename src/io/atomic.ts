@@ -2,9 +2,19 @@
 import { basename, dirname, join } from "node:path";
 import { UserError } from "../errors.ts";
 
+/**
+ * A temporary name beside `path`, unique across processes and hosts (pid and a random part):
+ * processes on several machines may write the same file at once, and pods on a shared volume may
+ * run with the same pid.
+ */
+export function tempName(path: string): string {
+  const rand = crypto.getRandomValues(new Uint32Array(2)).join("");
+  return `${path}.tmp-${Deno.pid}-${rand}`;
+}
+
 export async function writeFileAtomic(path: string, data: Uint8Array): Promise<void> {
-  const tmp = `${path}.tmp-${Deno.pid}`;
-  const f = await Deno.open(tmp, { write: true, create: true, truncate: true });
+  const tmp = tempName(path);
+  const f = await Deno.open(tmp, { write: true, createNew: true });
   try {
     let off = 0;
     while (off < data.length) off += await f.write(data.subarray(off));

@@ -2,6 +2,7 @@
 import { statSync } from "node:fs";
 import { basename, dirname } from "node:path";
 import { UserError } from "../errors.ts";
+import { tempName } from "./atomic.ts";
 import { asSource, type FileSource } from "./source.ts";
 
 export type Dtype = "F32" | "F16" | "BF16" | "U8" | "U16" | "I32" | "U32";
@@ -376,8 +377,8 @@ export async function writeSafetensors(
   metadata?: Record<string, string>,
 ): Promise<void> {
   const header = buildHeader(path, tensors, metadata);
-  const tmp = `${path}.tmp-${Deno.pid}`;
-  const f = await Deno.open(tmp, { write: true, create: true, truncate: true });
+  const tmp = tempName(path);
+  const f = await Deno.open(tmp, { write: true, createNew: true });
   try {
     try {
       await writeAll(f, header);

@@ -15,7 +15,7 @@ import { hostname } from "node:os";
 import { dirname, join } from "node:path";
 import { z } from "zod";
 import { UserError } from "../errors.ts";
-import { syncDir, writeFileAtomic } from "./atomic.ts";
+import { writeFileAtomic } from "./atomic.ts";
 import { sha256 } from "./hash.ts";
 
 const Sha256 = z.string().regex(/^[0-9a-f]{64}$/);
@@ -481,24 +481,10 @@ async function listFiles(dir: string): Promise<string[]> {
   return out.sort();
 }
 
-/**
- * writeFileAtomic with a temporary name unique across hosts (host, pid and a random part), for
- * files that processes on several machines may write at once.
- */
+/** writeFileAtomic into a folder that may not exist yet. */
 async function writeUnique(path: string, data: Uint8Array): Promise<void> {
   await Deno.mkdir(dirname(path), { recursive: true });
-  const rand = crypto.getRandomValues(new Uint32Array(2)).join("");
-  const tmp = `${path}.tmp-${hostname()}-${Deno.pid}-${rand}`;
-  const f = await Deno.open(tmp, { write: true, createNew: true });
-  try {
-    let off = 0;
-    while (off < data.length) off += await f.write(data.subarray(off));
-    await f.sync();
-  } finally {
-    f.close();
-  }
-  await Deno.rename(tmp, path);
-  await syncDir(dirname(path));
+  await writeFileAtomic(path, data);
 }
 
 const LockInfo = z.object({ pid: z.number(), host: z.string(), shard: z.string().optional() });

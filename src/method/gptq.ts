@@ -8,14 +8,13 @@ import {
   type HessianFactor,
   hessianFactor,
 } from "../cluster/gptq.ts";
-import { rtnBits, rtnDequantize } from "../cluster/rtn.ts";
+import { rtnBits, rtnDequantize, rtnTensors } from "../cluster/rtn.ts";
 import type { MatrixFacts } from "../cluster/stage.ts";
 import { type InputName, inputOf } from "../cluster/stats.ts";
 import { UserError } from "../errors.ts";
 import type { QuantizationConfig, TensorBytes } from "../format/compressed.ts";
 import type { Gpu } from "../gpu/device.ts";
 import { type LinearKind, linearNames, type ModelConfig } from "../io/config.ts";
-import { f32ToF16Bytes } from "../io/safetensors.ts";
 import type { WeightSource } from "../model/weights.ts";
 import type { Method, MethodPlan, MethodSettings } from "./method.ts";
 
@@ -56,15 +55,7 @@ export async function gptqBlock(
       }
     }
     const name = lin.name.replace(/\.weight$/, "");
-    const groups = Math.ceil(lin.in / g.group);
-    tensors.push({ name: `${name}.qweight`, dtype: "U8", shape: [lin.out, lin.in], data: r.q });
-    tensors.push({
-      name: `${name}.scales`,
-      dtype: "F16",
-      shape: [lin.out, groups],
-      data: f32ToF16Bytes(r.scales),
-    });
-    tensors.push({ name: `${name}.zeros`, dtype: "U8", shape: [lin.out, groups], data: r.zeros });
+    tensors.push(...rtnTensors(name, r, lin.out, lin.in, g.group));
     facts.push({
       kind: lin.kind,
       objective,
