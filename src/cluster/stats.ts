@@ -23,6 +23,7 @@ import {
   releaseBlock,
   uploadBlock,
 } from "../model/block.ts";
+import { embedWindow } from "../model/model.ts";
 import type { WeightSource } from "../model/weights.ts";
 import type { StageRunner, Unit } from "../runner/stage.ts";
 import { hostMeter } from "../util/hostmeter.ts";
@@ -182,16 +183,6 @@ class Accumulator {
       for (const g of this.gram[name] ?? []) g.t.release();
     }
   }
-}
-
-/** Feature-major [H, T] embeddings of one window. */
-function embedWindow(table: Float32Array, ids: Int32Array, H: number): Float32Array {
-  const T = ids.length, x = new Float32Array(H * T);
-  for (let t = 0; t < T; t++) {
-    const row = ids[t] * H;
-    for (let h = 0; h < H; h++) x[h * T + t] = table[row + h];
-  }
-  return x;
 }
 
 /** Where a pass runs: the model, its calibration windows, and the rope tables for them. */

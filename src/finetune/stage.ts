@@ -10,6 +10,7 @@ import { decodeSafetensors, encodeSafetensors } from "../io/safetensors.ts";
 import { mseGrad } from "../kernels/mse.ts";
 import { ropeTables } from "../kernels/rope.ts";
 import { BlockScratch, forwardBlock, releaseBlock, uploadBlock } from "../model/block.ts";
+import { embedWindow } from "../model/model.ts";
 import type { WeightSource } from "../model/weights.ts";
 import type { TensorBytes } from "../format/compressed.ts";
 import type { StageRunner, Unit } from "../runner/stage.ts";
@@ -76,16 +77,6 @@ export interface BlockReport {
 
 const f32 = (t: TensorBytes) =>
   new Float32Array(t.data.buffer, t.data.byteOffset, t.data.byteLength / 4);
-
-/** Feature-major [H, T] embeddings of one window, gathered on the host. */
-function embedWindow(table: Float32Array, ids: Int32Array, H: number): Float32Array {
-  const T = ids.length, x = new Float32Array(H * T);
-  for (let t = 0; t < T; t++) {
-    const row = ids[t] * H;
-    for (let h = 0; h < H; h++) x[h * T + t] = table[row + h];
-  }
-  return x;
-}
 
 /** A new, empty activation stream (in memory, or a scratch folder under a host-memory cap). */
 type MakeActs = () => Promise<Acts>;

@@ -290,6 +290,33 @@ function attentionBackward(gpu: Gpu, cfg: ModelConfig, a: AttentionGrads): void 
   const kv0 = Math.floor(h0 / group);
   const range = { buffer: p2, offset: 0, size: hs * L * L * 4 };
   const scRange = { buffer: sc, offset: 0, size: hs * L * L * 4 };
+  // out^T[kv(h), d, j] (+)= sum_i tok[i, h, d] m[h, i, j] for token-major [T, qd] `tok` and the
+  // heads' [L, L] matrices `m`: the r-th heads of every GQA group as one batch over kv heads
+  // (the group's first head writes, the rest add), or head by head when the head group splits a
+  // GQA group. dV^T (tok = dO, m = P) and dK^T (tok = Q, m = dS).
+  const perKvHead = (tok: GPUBuffer, m: GPUBuffer, out: GPUBuffer) => {
+    for (const [h, kvs] of gqaPasses(h0, hs, group)) {
+      matmul(gpu, {
+        M: hd,
+        N: L,
+        K: L,
+        a: tok,
+        aOffset: c0 * qd + h * hd,
+        lda: qd,
+        b: m,
+        bOffset: (h - h0) * L * L,
+        ldb: L,
+        c: out,
+        cOffset: Math.floor(h / group) * hd * T + c0,
+        ldc: T,
+        accumulate: h % group !== 0,
+        batch: kvs,
+        aBatchStride: group * hd,
+        bBatchStride: group * L * L,
+        cBatchStride: hd * T,
+      });
+    }
+  };
   // P^T [hs, j, i] recomputed as in the forward.
   matmul(gpu, {
     M: L,
@@ -310,31 +337,9 @@ function attentionBackward(gpu: Gpu, cfg: ModelConfig, a: AttentionGrads): void 
     cBatchStride: L * L,
   });
   causalSoftmax(gpu, scRange, hs, L, a.scale);
-  // dV^T[kv(h), d, j] (+)= sum_i dO[i, h, d] P[i, j], with P = transpose of P^T: the r-th
-  // heads of every GQA group as one batch over kv heads (the group's first writes, the rest
-  // add), or head by head when the head group splits a GQA group.
+  // dV^T[kv(h), d, j] (+)= sum_i dO[i, h, d] P[i, j], with P = transpose of P^T.
   transpose(gpu, scRange, range, L, L, hs);
-  for (const [h, kvs] of gqaPasses(h0, hs, group)) {
-    matmul(gpu, {
-      M: hd,
-      N: L,
-      K: L,
-      a: a.dOTok,
-      aOffset: c0 * qd + h * hd,
-      lda: qd,
-      b: p2,
-      bOffset: (h - h0) * L * L,
-      ldb: L,
-      c: a.dvT,
-      cOffset: Math.floor(h / group) * hd * T + c0,
-      ldc: T,
-      accumulate: h % group !== 0,
-      batch: kvs,
-      aBatchStride: group * hd,
-      bBatchStride: group * L * L,
-      cBatchStride: hd * T,
-    });
-  }
+  perKvHead(a.dOTok, p2, a.dvT);
   // dP^T [hs, j, i] = sum_d V[j, d] dO^T[d, i], then dS^T in place.
   matmul(gpu, {
     M: L,
@@ -376,27 +381,7 @@ function attentionBackward(gpu: Gpu, cfg: ModelConfig, a: AttentionGrads): void 
   });
   // dK^T[kv] (+)= sum_i Q[i, d] dS[i, j], with dS = transpose of dS^T.
   transpose(gpu, range, scRange, L, L, hs);
-  for (const [h, kvs] of gqaPasses(h0, hs, group)) {
-    matmul(gpu, {
-      M: hd,
-      N: L,
-      K: L,
-      a: a.qTok,
-      aOffset: c0 * qd + h * hd,
-      lda: qd,
-      b: sc,
-      bOffset: (h - h0) * L * L,
-      ldb: L,
-      c: a.dk,
-      cOffset: Math.floor(h / group) * hd * T + c0,
-      ldc: T,
-      accumulate: h % group !== 0,
-      batch: kvs,
-      aBatchStride: group * hd,
-      bBatchStride: group * L * L,
-      cBatchStride: hd * T,
-    });
-  }
+  perKvHead(a.qTok, sc, a.dk);
 }
 
 /**

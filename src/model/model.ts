@@ -230,6 +230,19 @@ export class LlamaModel {
 }
 
 /** x^T [hidden, n] <- the embedding rows of ids [n], the table bound in row chunks. */
+/**
+ * Feature-major [H, T] embeddings of one window, gathered on the host from the [vocab, H] table
+ * (the stages that stream block inputs: finetune, stats).
+ */
+export function embedWindow(table: Float32Array, ids: Int32Array, H: number): Float32Array {
+  const T = ids.length, x = new Float32Array(H * T);
+  for (let t = 0; t < T; t++) {
+    const row = ids[t] * H;
+    for (let h = 0; h < H; h++) x[h * T + t] = table[row + h];
+  }
+  return x;
+}
+
 export function embedTokens(
   gpu: Gpu,
   cfg: ModelConfig,

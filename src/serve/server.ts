@@ -28,14 +28,9 @@ const DEFAULT_COMPLETION_TOKENS = 16;
 
 type Kind = "completion" | "chat";
 
-interface Prepared {
+/** A validated request: the engine's job (less what the connection supplies), and how to answer. */
+interface Prepared extends Omit<Job, "signal" | "onText"> {
   kind: Kind;
-  ids: Int32Array;
-  maxTokens: number;
-  temperature: number;
-  topP: number;
-  seed: number;
-  stops: string[];
   stream: boolean;
   includeUsage: boolean;
 }

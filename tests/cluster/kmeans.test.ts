@@ -7,6 +7,7 @@ import {
   kmeansGpuBytes,
   type KmeansResult,
   updateCentroids,
+  usesTree,
 } from "../../src/cluster/kmeans.ts";
 import { decodeT, vectorize } from "../../src/cluster/vectorize.ts";
 import { getGpu } from "../../src/gpu/device.ts";
@@ -43,9 +44,18 @@ function assertSameRun(a: KmeansResult, b: KmeansResult, label: string): void {
 
 // GPU vs the f64 reference. Codes must agree except where the reference's two nearest squared
 // distances are within 1e-6 relative (an f32 near-tie); centroids within 1e-5 relative.
-for (const [d, n, N] of [[1, 100, 3000], [4, 1000, 6000], [6, 100, 3000], [9, 1000, 4000]]) {
+// [4, 1500, 6000] assigns through the k-d tree ("auto" pruning), the others through Yinyang.
+const REFERENCE_CASES = [
+  [1, 100, 3000],
+  [4, 1000, 6000],
+  [4, 1500, 6000],
+  [6, 100, 3000],
+  [9, 1000, 4000],
+];
+for (const [d, n, N] of REFERENCE_CASES) {
   Deno.test(`kmeans matches the f64 reference (d=${d}, n=${n}, N=${N})`, async () => {
     const gpu = await getGpu();
+    assert.equal(usesTree(d, n), n === 1500, "the case list covers both pruning paths");
     const x = blobs(N, d, 37, d * 1000 + n);
     const iters = 6;
     const got = await kmeans(gpu, x, N, d, n, { iters, seed: 5 });
