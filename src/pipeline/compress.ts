@@ -76,7 +76,17 @@ export async function compress(
   );
   // Calibration statistics (--weighting activations, GPTQ): a stage of their own before the
   // method's; planning may read a block's statistics before the stage has run.
-  const st = await prepareStats(s, method, getGpu, cfg, source, tokenizer);
+  // The calibration text, read and tokenized once for the stats and finetune stages.
+  const calibTexts = new Map<string, Promise<{ text: string; ids: Int32Array }>>();
+  const calibText = (file: string) => {
+    let p = calibTexts.get(file);
+    if (!p) {
+      p = readText(file).then((text) => ({ text, ids: tokenizer.encode(text) }));
+      calibTexts.set(file, p);
+    }
+    return p;
+  };
+  const st = await prepareStats(s, method, getGpu, cfg, source, calibText);
   // One plan for all shards: the first computes (and caches) it under this lock, the others
   // wait and read the cached plan.
   const planned = await withFileLock(
@@ -187,7 +197,7 @@ export async function compress(
       const shapes = Object.fromEntries(
         plan!.map((p) => [p.kind, { n: p.n, d: p.d, splits: p.splits }]),
       ) as FinetuneInput["shapes"];
-      const reports = await finetuneBlocks(ft, tokenizer, {
+      const reports = await finetuneBlocks(ft, calibText, {
         gpu,
         cfg,
         src: source,
@@ -240,10 +250,10 @@ export async function compress(
 /** The block-wise finetune stage on windows sampled from the calibration text. */
 async function finetuneBlocks(
   ft: NonNullable<CompressSettings["finetune"]>,
-  tokenizer: Tokenizer,
+  calibText: (file: string) => Promise<{ ids: Int32Array }>,
   inp: Omit<FinetuneInput, "train" | "heldOut" | "settings">,
 ) {
-  const ids = tokenizer.encode(await readText(ft.calib));
+  const { ids } = await calibText(ft.calib);
   const { train, heldOut } = sampleWindows(ids, {
     samples: ft.samples,
     seqlen: ft.seqlen,

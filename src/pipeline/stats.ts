@@ -13,8 +13,6 @@ import { sampleWindows } from "../finetune/calib.ts";
 import type { Gpu } from "../gpu/device.ts";
 import type { ModelConfig } from "../io/config.ts";
 import { sha256 } from "../io/hash.ts";
-import { readText } from "../io/text.ts";
-import type { Tokenizer } from "../io/tokenizer.ts";
 import type { Method } from "../method/method.ts";
 import type { WeightSource } from "../model/weights.ts";
 import type { StageRunner } from "../runner/stage.ts";
@@ -49,7 +47,7 @@ export async function prepareStats(
   gpu: () => Promise<Gpu>,
   cfg: ModelConfig,
   src: WeightSource,
-  tokenizer: Tokenizer,
+  calibText: (file: string) => Promise<{ text: string; ids: Int32Array }>,
 ): Promise<StatsRun | null> {
   const need = statsNeeded(s, method);
   if (need === "none") return null;
@@ -67,8 +65,8 @@ export async function prepareStats(
       : "--weighting activations";
     throw new UserError(`compress: ${why} needs calibration text: give --calib FILE`);
   }
-  const text = await readText(calib.file);
-  const { train } = sampleWindows(tokenizer.encode(text), calib, calib.file);
+  const { text, ids } = await calibText(calib.file);
+  const { train } = sampleWindows(ids, calib, calib.file);
   const settings: StatsSettings = {
     text: await sha256(text),
     samples: calib.samples,
