@@ -5,7 +5,6 @@ import {
   initCentroids,
   kmeans,
   kmeansGpuBytes,
-  type KmeansResult,
   updateCentroids,
   usesTree,
 } from "../../src/cluster/kmeans.ts";
@@ -16,31 +15,9 @@ import { Rng } from "../../src/util/rng.ts";
 import { kmeansRef } from "../reference/kmeans.ts";
 import { TINYLLAMA } from "../shared.ts";
 import { assertClose } from "../util.ts";
+import { assertSameRun, blobs, sameBits } from "./kmeans_data.ts";
 
 /** N points of dimension d around `blobs` seeded centres (clustered, like real codebooks). */
-function blobs(N: number, d: number, blobs: number, seed: number): Float32Array {
-  const rng = new Rng(seed);
-  const centres = Float32Array.from({ length: blobs * d }, () => 4 * rng.normal());
-  const x = new Float32Array(N * d);
-  for (let i = 0; i < N; i++) {
-    const b = rng.int(blobs);
-    for (let k = 0; k < d; k++) x[i * d + k] = centres[b * d + k] + rng.normal();
-  }
-  return x;
-}
-
-function sameBits(a: Float32Array, b: Float32Array): boolean {
-  const ua = new Uint32Array(a.buffer, a.byteOffset, a.length);
-  const ub = new Uint32Array(b.buffer, b.byteOffset, b.length);
-  return ua.length === ub.length && ua.every((v, i) => v === ub[i]);
-}
-
-function assertSameRun(a: KmeansResult, b: KmeansResult, label: string): void {
-  assert.ok(sameBits(a.centroids, b.centroids), `${label}: centroids differ`);
-  assert.deepEqual(a.codes, b.codes, `${label}: codes differ`);
-  assert.equal(a.objective, b.objective, `${label}: objective differs`);
-  assert.equal(a.iterations, b.iterations, `${label}: iterations differ`);
-}
 
 // GPU vs the f64 reference. Codes must agree except where the reference's two nearest squared
 // distances are within 1e-6 relative (an f32 near-tie); centroids within 1e-5 relative.

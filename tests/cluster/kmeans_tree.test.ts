@@ -7,47 +7,12 @@ import {
   kmeans,
   kmeansGpuBytes,
   type KmeansOptions,
-  type KmeansResult,
   usesTree,
 } from "../../src/cluster/kmeans.ts";
 import { kdGroups, TreeAssigner } from "../../src/cluster/kmeans_tree.ts";
 import { getGpu } from "../../src/gpu/device.ts";
 import { Rng } from "../../src/util/rng.ts";
-
-function blobs(N: number, d: number, k: number, seed: number): Float32Array {
-  const rng = new Rng(seed);
-  const centres = Float32Array.from({ length: k * d }, () => 4 * rng.normal());
-  const x = new Float32Array(N * d);
-  for (let i = 0; i < N; i++) {
-    const b = rng.int(k);
-    for (let j = 0; j < d; j++) x[i * d + j] = centres[b * d + j] + rng.normal();
-  }
-  return x;
-}
-
-function sameBits(a: Float32Array, b: Float32Array): boolean {
-  const ua = new Uint32Array(a.buffer, a.byteOffset, a.length);
-  const ub = new Uint32Array(b.buffer, b.byteOffset, b.length);
-  return ua.length === ub.length && ua.every((v, i) => v === ub[i]);
-}
-
-function firstDiff(a: Uint32Array, b: Uint32Array): string {
-  const out: string[] = [];
-  for (let i = 0; i < a.length && out.length < 5; i++) {
-    if (a[i] !== b[i]) out.push(`point ${i}: ${a[i]} vs ${b[i]}`);
-  }
-  return out.join("; ");
-}
-
-function assertSameRun(a: KmeansResult, b: KmeansResult, label: string): void {
-  assert.ok(
-    a.codes.every((c, i) => c === b.codes[i]),
-    `${label}: codes differ (${firstDiff(a.codes, b.codes)})`,
-  );
-  assert.ok(sameBits(a.centroids, b.centroids), `${label}: centroids differ`);
-  assert.equal(a.objective, b.objective, `${label}: objective differs`);
-  assert.equal(a.iterations, b.iterations, `${label}: iterations differ`);
-}
+import { assertSameRun, blobs, firstDiff } from "./kmeans_data.ts";
 
 // Shapes: d 1 to 8, n not a power of two, N not a multiple of the tile, values on a coarse grid
 // (exact ties between centroids), a planted far point (its own cluster after re-seeding).

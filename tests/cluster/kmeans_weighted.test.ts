@@ -6,7 +6,6 @@ import { existsSync } from "node:fs";
 import {
   kmeans,
   type KmeansOptions,
-  type KmeansResult,
   pickPoints,
   updateCentroids,
 } from "../../src/cluster/kmeans.ts";
@@ -19,17 +18,7 @@ import { kmeansRef, objectiveRef, pickPointsRef } from "../reference/kmeans.ts";
 import { rmsnormRef } from "../reference/norm.ts";
 import { STORIES, WIKI } from "../shared.ts";
 import { assertClose } from "../util.ts";
-
-function blobs(N: number, d: number, k: number, seed: number): Float32Array {
-  const rng = new Rng(seed);
-  const centres = Float32Array.from({ length: k * d }, () => 4 * rng.normal());
-  const x = new Float32Array(N * d);
-  for (let i = 0; i < N; i++) {
-    const b = rng.int(k);
-    for (let j = 0; j < d; j++) x[i * d + j] = centres[b * d + j] + rng.normal();
-  }
-  return x;
-}
+import { assertSameRun, blobs, sameBits } from "./kmeans_data.ts";
 
 /** Log-normal weights spanning ~3 decades, every `zeroEvery`-th one 0. */
 function randomWeights(N: number, seed: number, zeroEvery = 0): Float32Array {
@@ -38,21 +27,6 @@ function randomWeights(N: number, seed: number, zeroEvery = 0): Float32Array {
     { length: N },
     (_, i) => zeroEvery > 0 && i % zeroEvery === 0 ? 0 : Math.exp(1.5 * rng.normal()),
   );
-}
-
-function sameBits(a: Float32Array, b: Float32Array): boolean {
-  const ua = new Uint32Array(a.buffer, a.byteOffset, a.length);
-  const ub = new Uint32Array(b.buffer, b.byteOffset, b.length);
-  return ua.length === ub.length && ua.every((v, i) => v === ub[i]);
-}
-
-function assertSameRun(a: KmeansResult, b: KmeansResult, label: string): void {
-  assert.ok(sameBits(a.centroids, b.centroids), `${label}: centroids differ`);
-  const diff = a.codes.findIndex((c, i) => c !== b.codes[i]);
-  assert.equal(diff, -1, `${label}: codes differ first at ${diff}`);
-  assert.equal(a.objective, b.objective, `${label}: objective differs`);
-  assert.equal(a.sse, b.sse, `${label}: sse differs`);
-  assert.equal(a.iterations, b.iterations, `${label}: iterations differ`);
 }
 
 for (const backend of ["gpu", "host"] as const) {
